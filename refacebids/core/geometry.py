@@ -1,0 +1,82 @@
+"""Voxel grids and world coordinates, between nibabel (RAS) and ANTs/ITK (LPS)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
+
+
+def ants_geometry(affine: np.ndarray) -> tuple[tuple, tuple, np.ndarray]:
+    """Origin, spacing and direction of an ITK image with nibabel affine ``affine``.
+
+    ITK cannot represent shear, so the direction is the closest rotation to the
+    affine's linear part (polar decomposition); for the sheared affines that scanners
+    occasionally write this moves voxels by a small fraction of a voxel.
+
+    Parameters
+    ----------
+    affine : (4, 4) array
+        Voxel to RAS+ world (mm).
+
+    Returns
+    -------
+    origin : (3,) tuple
+    spacing : (3,) tuple
+    direction : (3, 3) ndarray
+    """
+    lps = RAS_TO_LPS @ np.asarray(affine, float)
+    linear = lps[:3, :3]
+    spacing = np.linalg.norm(linear, axis=0)
+    u, _, vt = np.linalg.svd(linear / spacing)
+    return tuple(lps[:3, 3]), tuple(spacing), u @ vt
+
+
+def to_ants(volume: np.ndarray, affine: np.ndarray):
+    """An ANTs image of the (I, J, K) ``volume`` placed in the world by ``affine``."""
+    import ants
+
+    origin, spacing, direction = ants_geometry(affine)
+    return ants.from_numpy(
+        np.ascontiguousarray(volume, dtype=np.float32),
+        origin=origin,
+        spacing=spacing,
+        direction=direction,
+    )
+
+
+def ants_affine(image) -> np.ndarray:
+    """The nibabel (RAS) voxel-to-world affine of an ANTs image."""
+    linear = np.asarray(image.direction) * np.asarray(image.spacing)
+    lps = np.eye(4)
+    lps[:3, :3] = linear
+    lps[:3, 3] = image.origin
+    return RAS_TO_LPS @ lps
+
+
+def world_grid(affine: np.ndarray, shape: tuple[int, int, int]) -> np.ndarray:
+    """(I, J, K, 3) world coordinates of every voxel centre of a grid."""
+    ijk = np.indices(shape, dtype=np.float32).reshape(3, -1)
+    xyz = affine[:3, :3].astype(np.float32) @ ijk + affine[:3, 3:4].astype(np.float32)
+    return np.moveaxis(xyz.reshape(3, *shape), 0, -1)
+
+
+def world_to_voxel(points: np.ndarray, affine: np.ndarray) -> np.ndarray:
+    """(..., 3) world points to continuous voxel indices of the grid with ``affine``."""
+    inverse = np.linalg.inv(affine)
+    return points @ inverse[:3, :3].T.astype(points.dtype) + inverse[:3, 3].astype(points.dtype)
+
+
+def working_affine(affine: np.ndarray, shape: tuple, resolution: float) -> tuple[np.ndarray, tuple]:
+    """Affine and shape of a grid covering the same field of view at ``resolution`` mm.
+
+    Axes keep their direction; voxel centres of the coarse grid start at the first voxel
+    of the fine grid.
+    """
+    linear = affine[:3, :3]
+    zooms = np.linalg.norm(linear, axis=0)
+    factors = resolution / zooms
+    new_shape = tuple(int(max(1, np.ceil(n / f))) for n, f in zip(shape[:3], factors))
+    new = affine.copy()
+    new[:3, :3] = linear * factors
+    return new, new_shape

@@ -1,0 +1,120 @@
+"""Reading, checking and writing head images without disturbing what is not refaced.
+
+Refacing must leave every voxel outside the replaced region byte-identical and keep the
+header (shape, affine, codes, on-disk dtype and scaling). So the engine works on two
+views of an image: the *scaled* float values (what the intensities mean) and the *raw*
+stored values (what goes back to disk); only replaced voxels get new raw values.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import nibabel as nib
+import numpy as np
+
+
+class ImageError(ValueError):
+    """An input image that cannot be refaced; the message is one line for the user."""
+
+
+@dataclass
+class HeadImage:
+    """A loaded image: the header untouched, raw stored values, and scaled values.
+
+    Attributes
+    ----------
+    img : nibabel.Nifti1Image
+        The image as loaded (header and affine used for writing back).
+    raw : (I, J, K[, T]) ndarray
+        Values as stored on disk, in the on-disk dtype.
+    slope, inter : float
+        Scaling from raw to meaningful values (``scaled = raw * slope + inter``).
+    """
+
+    img: nib.Nifti1Image
+    raw: np.ndarray
+    slope: float
+    inter: float
+
+    @property
+    def affine(self) -> np.ndarray:
+        return self.img.affine
+
+    @property
+    def zooms(self) -> tuple[float, float, float]:
+        return tuple(float(z) for z in self.img.header.get_zooms()[:3])
+
+    def scaled(self) -> np.ndarray:
+        """Scaled values as float32, non-finite values set to 0."""
+        values = self.raw.astype(np.float32) * np.float32(self.slope) + np.float32(self.inter)
+        return np.nan_to_num(values, nan=0.0, posinf=0.0, neginf=0.0)
+
+    def reference(self) -> np.ndarray:
+        """(I, J, K) volume to register: the image, or the mean over volumes of a 4D image."""
+        values = self.scaled()
+        return values if values.ndim == 3 else values.mean(axis=3)
+
+
+def load_head_image(path) -> HeadImage:
+    """Load a NIfTI head image and refuse what cannot be refaced, with a one-line reason."""
+    try:
+        img = nib.load(str(path))
+        raw = np.asanyarray(img.dataobj.get_unscaled())
+    except FileNotFoundError as exc:
+        raise ImageError(f"file not found or not readable ({exc.strerror})") from None
+    except Exception as exc:  # nibabel raises many types for corrupt files
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ImageError(f"not a readable NIfTI image ({reason})") from None
+    if not isinstance(img, (nib.Nifti1Image, nib.Nifti2Image)):
+        raise ImageError(f"not a NIfTI image ({type(img).__name__})")
+    if raw.ndim == 5 and raw.shape[3] == 1:
+        raw = raw[:, :, :, 0]
+    if raw.ndim not in (3, 4) or min(raw.shape[:3]) < 8:
+        raise ImageError(f"expected a 3D or 4D head volume, got shape {raw.shape}")
+    if raw.dtype.kind not in "iuf":
+        raise ImageError(f"unsupported data type {raw.dtype}")
+    slope, inter = img.dataobj.slope, img.dataobj.inter
+    head = HeadImage(img=img, raw=raw, slope=float(slope), inter=float(inter))
+    reference = head.reference()
+    if not np.any(reference):
+        raise ImageError("image is empty (all voxels zero or non-finite)")
+    if not np.all(np.isfinite(img.affine)) or abs(np.linalg.det(img.affine[:3, :3])) < 1e-6:
+        raise ImageError("image affine is not invertible")
+    return head
+
+
+def to_raw(values: np.ndarray, like: HeadImage) -> np.ndarray:
+    """Convert scaled ``values`` to raw stored values of ``like``'s dtype, clipped to its range.
+
+    Parameters
+    ----------
+    values : ndarray of float
+        Scaled intensities.
+    like : HeadImage
+        Provides dtype, slope and intercept.
+
+    Returns
+    -------
+    ndarray
+        Same shape as ``values``, dtype ``like.raw.dtype``, finite.
+    """
+    dtype = like.raw.dtype
+    raw = (np.asarray(values, np.float64) - like.inter) / like.slope
+    if dtype.kind in "iu":
+        info = np.iinfo(dtype)
+        return np.clip(np.rint(raw), info.min, info.max).astype(dtype)
+    info = np.finfo(dtype)
+    return np.clip(np.nan_to_num(raw), info.min, info.max).astype(dtype)
+
+
+def write_like(raw: np.ndarray, like: HeadImage, path) -> None:
+    """Write raw values with ``like``'s header: same shape, affine, codes, dtype and scaling."""
+    header = like.img.header.copy()
+    out = type(like.img)(raw.reshape(like.img.shape), None, header)
+    out.header.set_slope_inter(
+        like.slope if (like.slope, like.inter) != (1.0, 0.0) else None,
+        like.inter if (like.slope, like.inter) != (1.0, 0.0) else None,
+    )
+    out.set_data_dtype(like.raw.dtype)
+    out.to_filename(str(path))

@@ -1,0 +1,79 @@
+"""The template face in the image's own contrast.
+
+One T1-weighted template serves every contrast: the mapping from template intensity
+to image intensity is learned from the image's own tissue outside the face (scalp,
+skull, neck, air), where the registration puts template and image tissue on top of
+each other. For each template-intensity bin the image's typical value is taken, so the
+map may be non-monotonic (fat is bright in T1w and T2w, CSF only in T2w).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+MIN_SAMPLES_PER_BIN = 30
+
+
+def fit_intensity_map(
+    template_values: np.ndarray,
+    image_values: np.ndarray,
+    *,
+    n_bins: int = 48,
+    noise_floor: float = 0.0,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Learn a lookup table from template intensity to noise-free image intensity.
+
+    Parameters
+    ----------
+    template_values, image_values : (N,) ndarray
+        Paired samples at the same voxels.
+    n_bins : int
+        Number of template-intensity quantile bins.
+    noise_floor : float
+        Median magnitude of pure Rician noise in the image (0 for Gaussian noise).
+        Magnitude images are biased upwards by noise; taking the bias out here
+        (``S = sqrt(median**2 - floor**2)``, exact at zero signal and close above it)
+        keeps the re-noised face from being brighter than the image at low signal.
+        Medians, not means, because air holds ghosts and wrapped tissue.
+
+    Returns
+    -------
+    template_levels, image_levels : (B,) ndarray
+        Knots of a piecewise-linear map, ``template_levels`` increasing.
+    """
+    edges = np.unique(np.quantile(template_values, np.linspace(0, 1, n_bins + 1)))
+    bins = np.clip(np.searchsorted(edges, template_values, side="right") - 1, 0, len(edges) - 2)
+    counts = np.bincount(bins, minlength=len(edges) - 1)
+    keep = counts >= MIN_SAMPLES_PER_BIN
+    if keep.sum() < 2:
+        raise ValueError("too little tissue outside the face to learn the image's contrast")
+    levels, values = [], []
+    order = np.argsort(bins, kind="stable")
+    groups = np.split(order, np.cumsum(counts)[:-1])
+    for index, group in enumerate(groups):
+        if not keep[index]:
+            continue
+        levels.append(np.median(template_values[group]))
+        typical = float(np.median(image_values[group]))
+        values.append(np.sqrt(max(typical**2 - noise_floor**2, 0.0)) if noise_floor else typical)
+    levels, values = np.asarray(levels, float), np.asarray(values, float)
+    order = np.argsort(levels)
+    return levels[order], values[order]
+
+
+def apply_intensity_map(values: np.ndarray, levels: np.ndarray, mapped: np.ndarray) -> np.ndarray:
+    """Map template intensities through the learned table (constant beyond its ends)."""
+    return np.interp(values, levels, mapped).astype(np.float32)
+
+
+def distribution_distance(reference: np.ndarray, candidate: np.ndarray) -> float:
+    """Wasserstein-1 distance between two samples, in units of the reference's IQR.
+
+    0 means identical distributions; 1 means the typical value is off by a whole
+    interquartile range.
+    """
+    quantiles = np.linspace(0.01, 0.99, 99)
+    ref_q = np.quantile(reference, quantiles)
+    cand_q = np.quantile(candidate, quantiles)
+    iqr = np.subtract(*np.quantile(reference, [0.75, 0.25]))
+    return float(np.mean(np.abs(ref_q - cand_q)) / max(iqr, 1e-6))

@@ -1,0 +1,110 @@
+"""Template labels and coordinates carried into the image through the registration.
+
+The protected region is the template's intracranial mask grown by a safety margin,
+carried as a distance map so that the margin is applied in millimetres after warping
+and the region is never thinner than the mask itself.
+"""
+
+from __future__ import annotations
+
+import nibabel as nib
+import numpy as np
+from scipy import ndimage as ndi
+
+from .geometry import ants_affine, to_ants, world_grid
+
+# Refacing labels (templates/*_desc-reface_dseg.tsv), and the label given to protected
+# voxels in the image's label map: the protected region overrides every other label.
+FOREHEAD, FACE, EARS, TEETH_JAW, WRAP_AIR, CHEEKS_TEMPLES = 1, 2, 3, 4, 5, 6
+PROTECTED = 9
+TISSUE_LABELS = (FOREHEAD, FACE, EARS, TEETH_JAW, CHEEKS_TEMPLES)
+REPLACEABLE = (*TISSUE_LABELS, WRAP_AIR)
+PROTECT_MARGIN_MM = 4.0
+OUTSIDE = -1.0e4  # coordinate value of image voxels beyond the template's grid
+
+
+def warp_image(
+    moving_file, reference, composite: str, interpolator: str, outside: float = 0.0
+) -> np.ndarray:
+    """Resample a template-space image onto the grid of ANTs image ``reference``.
+
+    Image voxels that map beyond the template's grid get ``outside``.
+    """
+    import ants
+
+    moving = ants.image_read(str(moving_file))
+    return ants.apply_transforms(
+        reference, moving, [composite], interpolator=interpolator, defaultvalue=outside
+    ).numpy()
+
+
+def image_labels(
+    shape: tuple, affine: np.ndarray, template, composite: str
+) -> np.ndarray:
+    """Refacing labels on the image grid, protected region included.
+
+    Parameters
+    ----------
+    shape : (I, J, K) tuple
+        Image grid.
+    affine : (4, 4) ndarray
+        Image voxel-to-world affine.
+    template : refacebids.templates.Template
+    composite : str
+        Template -> image transform.
+
+    Returns
+    -------
+    (I, J, K) uint8 ndarray
+        0 untouched, 1-5 refacing labels, ``PROTECTED`` brain plus margin.
+    """
+    reference = to_ants(np.zeros(shape, np.float32), affine)
+    labels = warp_image(template.dseg, reference, composite, "nearestNeighbor").astype(np.uint8)
+    labels[protected_region(reference, template, composite)] = PROTECTED
+    return labels
+
+
+def protected_region(reference, template, composite: str) -> np.ndarray:
+    """Brain plus ``PROTECT_MARGIN_MM`` on the grid of ANTs image ``reference``."""
+    import ants
+
+    brain_img = nib.load(str(template.brain_mask))
+    brain = np.asanyarray(brain_img.dataobj) > 0
+    zooms = brain_img.header.get_zooms()[:3]
+    outside_distance = ndi.distance_transform_edt(~brain, sampling=zooms)
+    distance = to_ants(outside_distance.astype(np.float32), brain_img.affine)
+    warped = ants.apply_transforms(
+        reference, distance, [composite], interpolator="linear", defaultvalue=1e6
+    ).numpy()
+    return warped <= PROTECT_MARGIN_MM
+
+
+def template_coordinates(reference, template, composite: str) -> np.ndarray:
+    """(I, J, K, 3) template world coordinates (mm) of every voxel of ``reference``.
+
+    Computed by warping images whose values are the template's own coordinates over
+    the padded label grid; voxels that map beyond that grid get ``OUTSIDE``.
+    """
+    import ants
+
+    grid_img = nib.load(str(template.dseg))
+    coords = world_grid(grid_img.affine, grid_img.shape[:3])
+    out = []
+    for axis in range(3):
+        moving = to_ants(coords[..., axis], grid_img.affine)
+        out.append(
+            ants.apply_transforms(
+                reference, moving, [composite], interpolator="linear", defaultvalue=OUTSIDE
+            ).numpy()
+        )
+    return np.stack(out, axis=-1)
+
+
+def working_reference(shape: tuple, affine: np.ndarray, resolution: float):
+    """An empty ANTs image covering the image's field of view at ``resolution`` mm."""
+    import ants
+
+    full = to_ants(np.zeros(shape, np.float32), affine)
+    spacing = tuple(float(max(s, resolution)) for s in full.spacing)
+    coarse = ants.resample_image(full, spacing, use_voxels=False, interp_type=1)
+    return coarse, ants_affine(coarse)

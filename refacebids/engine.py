@@ -1,0 +1,263 @@
+"""The refacing engine as three file-level steps: register, mask, replace.
+
+Each step reads and writes files so that the Nipype graph can cache and resume them;
+the numerical work lives in :mod:`refacebids.core`. Tests and benchmarks call these
+functions directly, without Nipype.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+from scipy import ndimage as ndi
+
+from .core import warp
+from .core.geometry import to_ants, world_grid
+from .core.image import load_head_image, to_raw, write_like
+from .core.intensity import distribution_distance
+from .core.noise import local_noise_sd
+from .core.registration import MIN_HEAD_DICE, WORKING_RESOLUTION_MM, register_template
+from .core.replace import (
+    SKIN_OFFSET_MM,
+    air_level,
+    blended_coordinates,
+    edge_weight,
+    fit_brain_affine,
+    outward_normals,
+    raise_skin,
+    reface_volume,
+    sample_at,
+    seam_weights,
+    wrap_signal,
+)
+from .core.surface import face_surface_moved, head_mask, skin_threshold
+
+MAX_TRAINING_SAMPLES = 400_000
+
+
+class RegistrationFailed(RuntimeError):
+    """The template could not be registered well enough to reface safely."""
+
+
+def register_image(in_file, template, out_dir, *, seed: int = 42, threads: int = 1) -> dict:
+    """Register the template to the image; write and return the registration record."""
+    out_dir = Path(out_dir)
+    head = load_head_image(in_file)
+    result = register_template(
+        head.reference(), head.affine, str(template.t1w), str(out_dir / "tpl2img_"),
+        seed=seed, threads=threads,
+    )
+    record = result.as_dict()
+    (out_dir / "registration.json").write_text(json.dumps(record, indent=2))
+    return record
+
+
+def compute_masks(in_file, template, composite: str, out_dir) -> tuple[str, str]:
+    """Warp the refacing labels to the image, and template coordinates to a 2 mm grid.
+
+    Returns
+    -------
+    labels_file : str
+        uint8 labels on the image grid (see :mod:`refacebids.core.warp`).
+    coords_file : str
+        (I, J, K, 4) float32 on the 2 mm working grid: template coordinates (mm) and
+        the labels.
+    """
+    out_dir = Path(out_dir)
+    head = load_head_image(in_file)
+    shape = head.raw.shape[:3]
+    labels = warp.image_labels(shape, head.affine, template, composite)
+    coarse, coarse_affine = warp.working_reference(shape, head.affine, WORKING_RESOLUTION_MM)
+    coords = warp.template_coordinates(coarse, template, composite)
+    coarse_labels = warp.image_labels(coords.shape[:3], coarse_affine, template, composite)
+    labels_file, coords_file = out_dir / "labels.nii.gz", out_dir / "coords.nii.gz"
+    nib.Nifti1Image(labels, head.affine).to_filename(labels_file)
+    packed = np.concatenate([coords, coarse_labels[..., None].astype(np.float32)], axis=-1)
+    nib.Nifti1Image(packed, coarse_affine).to_filename(coords_file)
+    return str(labels_file), str(coords_file)
+
+
+def replace_face(
+    in_file, template, composite: str, labels_file, coords_file, out_dir, *, seed: int = 42
+) -> tuple[str, str, dict]:
+    """Replace face, ears, teeth and wrapped face parts; never touch the protected region.
+
+    Returns
+    -------
+    out_file : str
+        The refaced image (input header, dtype and scaling).
+    mask_file : str
+        uint8 mask of the replaced voxels.
+    metrics : dict
+        Quality numbers (see docs/architecture.md).
+    """
+    out_dir = Path(out_dir)
+    head = load_head_image(in_file)
+    zooms = head.zooms
+    labels = np.asanyarray(nib.load(labels_file).dataobj)
+    coords_img = nib.load(coords_file)
+    packed = np.asanyarray(coords_img.dataobj).astype(np.float32)
+    coords, coarse_labels = packed[..., :3], np.rint(packed[..., 3]).astype(np.uint8)
+    tpl = _template_data(template)
+    tpl_head_level = tpl.head_level
+
+    reference = head.reference()
+    threshold = skin_threshold(reference)
+    reference_ants = to_ants(np.zeros(reference.shape, np.float32), head.affine)
+    tpl_registered = warp.warp_image(template.t1w, reference_ants, composite, "linear", -1.0)
+
+    tissue_labels = np.isin(labels, warp.TISSUE_LABELS)
+    replaced = tissue_labels | wrap_signal(
+        reference, labels == warp.WRAP_AIR, 0.5 * threshold, zooms
+    )
+    if not tissue_labels.any():
+        raise ValueError("the face lies outside the image's field of view")
+
+    # Replacement geometry: brain-driven affine inside, registration at the edges.
+    coarse_affine = coords_img.affine
+    tpl_coarse = sample_at(tpl.t1w, tpl.affine, coords.reshape(-1, 3), tpl.air).reshape(coords.shape[:3])
+    cranium = np.isin(coarse_labels, (0, warp.PROTECTED)) & (tpl_coarse > tpl_head_level)
+    brain_affine = fit_brain_affine(coords, cranium, coarse_affine)
+    weight = edge_weight(np.isin(coarse_labels, warp.REPLACEABLE), coarse_affine)
+    blended = blended_coordinates(coords, weight, brain_affine, coarse_affine)
+    replaced_idx = np.argwhere(replaced)
+    replaced_world = replaced_idx @ head.affine[:3, :3].T + head.affine[:3, 3]
+    coarse_ijk = _world_to_voxel(replaced_world, coarse_affine).T
+    sample_points = np.stack(
+        [ndi.map_coordinates(blended[..., k], coarse_ijk, order=1, mode="nearest") for k in range(3)],
+        axis=1,
+    )
+    offset = SKIN_OFFSET_MM * (1.0 - ndi.map_coordinates(weight, coarse_ijk, order=1, mode="nearest"))
+    sample_points = raise_skin(sample_points, offset, tpl.normals, tpl.affine)
+    template_at_voxels = sample_at(tpl.t1w, tpl.affine, sample_points, tpl.air)
+
+    # Where template and image tissue correspond: outside the face, brain and wrap band.
+    rng = np.random.default_rng(seed)
+    kept = (labels == 0) & (tpl_registered >= 0)
+    training = kept & ((tpl_registered > 0.3 * tpl_head_level) | (reference > 0.5 * threshold))
+    training |= kept & (rng.random(labels.shape) < 0.02)  # some air, for the dark end
+    training = _subsample(training, MAX_TRAINING_SAMPLES, rng)
+    air = np.isin(labels, (0, warp.WRAP_AIR)) & (tpl_registered < 0.1 * tpl_head_level)
+    air &= reference < threshold
+    tissue = kept & (tpl_registered > tpl_head_level) & (reference > threshold)
+    seam = seam_weights(replaced, zooms)
+
+    values = head.scaled()
+    volumes = values[..., None] if values.ndim == 3 else values
+    raw_out = head.raw.copy()
+    raw_volumes = raw_out[..., None] if raw_out.ndim == 3 else raw_out
+    noise_models = []
+    for t in range(volumes.shape[3]):
+        new_values, noise = reface_volume(
+            volumes[..., t], template_at_voxels, replaced, training,
+            tpl_registered[training], air, tissue, seam, threshold, rng,
+        )
+        raw_volumes[..., t][replaced] = to_raw(new_values, head)
+        noise_models.append(noise.as_dict())
+
+    out_file, mask_file = out_dir / "refaced.nii.gz", out_dir / "replaced_mask.nii.gz"
+    write_like(raw_out, head, out_file)
+    mask_img = nib.Nifti1Image(replaced.astype(np.uint8), head.affine, head.img.header)
+    mask_img.set_data_dtype(np.uint8)
+    mask_img.header.set_slope_inter(None, None)
+    mask_img.to_filename(mask_file)
+
+    # The template's face tissue, brought to image millimetres by the head's affine.
+    expected_face_mm3 = tpl.face_mm3 / abs(np.linalg.det(brain_affine[:3, :3]))
+
+    refaced = load_head_image(out_file)
+    metrics = _metrics(
+        head, refaced, labels, replaced, tpl_registered, tpl_head_level, threshold, expected_face_mm3
+    )
+    metrics["noise"] = noise_models
+    metrics["brain_affine_determinant"] = float(np.linalg.det(brain_affine[:3, :3]))
+    return str(out_file), str(mask_file), metrics
+
+
+def _metrics(head, refaced, labels, replaced, tpl_registered, tpl_head_level, threshold, expected_face_mm3) -> dict:
+    protected = labels == warp.PROTECTED
+    before, after = head.raw, refaced.raw
+    changed = before != after
+    if changed.ndim == 4:
+        changed = changed.any(axis=3)
+    original, new = head.reference(), refaced.reference()
+    face = labels == warp.FACE
+    moved, n_surface = face_surface_moved(original, new, face, head.zooms, threshold=threshold)
+    face_tissue_mm3 = np.count_nonzero(face & (tpl_registered > tpl_head_level)) * np.prod(head.zooms)
+    inside_before = replaced & (original > threshold)
+    inside_after = replaced & (new > threshold)
+    noise_region = inside_before & inside_after
+    noise_before = local_noise_sd(original, noise_region)
+    noise_after = local_noise_sd(new, noise_region)
+    return {
+        "protected_voxels_changed": int(np.count_nonzero(changed & protected)),
+        "changed_voxels_outside_replaced": int(np.count_nonzero(changed & ~replaced)),
+        "replaced_voxels": int(np.count_nonzero(replaced)),
+        "face_surface_moved_fraction": moved,
+        "face_surface_voxels": n_surface,
+        "face_in_fov_fraction": float(min(1.0, face_tissue_mm3 / expected_face_mm3)),
+        "noise_sd_ratio": float(noise_after / noise_before) if noise_before > 0 else float("nan"),
+        "intensity_distance": (
+            distribution_distance(original[inside_before], new[inside_after])
+            if inside_before.any() and inside_after.any()
+            else float("nan")
+        ),
+    }
+
+
+@dataclass(frozen=True)
+class TemplateData:
+    """Arrays derived from a template once per process."""
+
+    t1w: np.ndarray
+    affine: np.ndarray
+    head_level: float
+    air: float
+    normals: np.ndarray
+    face_mm3: float
+
+
+@lru_cache(maxsize=4)
+def _template_data(template) -> TemplateData:
+    img = nib.load(str(template.t1w))
+    t1w = np.asanyarray(img.dataobj).astype(np.float32)
+    zooms = img.header.get_zooms()[:3]
+    head_level = skin_threshold(t1w)
+    head = head_mask(t1w, zooms, head_level)
+    dseg_img = nib.load(str(template.dseg))
+    dseg_on_t1w = sample_at(
+        np.asanyarray(dseg_img.dataobj).astype(np.float32),
+        dseg_img.affine,
+        world_grid(img.affine, t1w.shape).reshape(-1, 3),
+        order=0,
+    )
+    face = (dseg_on_t1w.reshape(t1w.shape) == warp.FACE) & head
+    return TemplateData(
+        t1w=t1w,
+        affine=img.affine,
+        head_level=head_level,
+        air=air_level(t1w),
+        normals=outward_normals(head, zooms),
+        face_mm3=float(face.sum() * np.prod(zooms)),
+    )
+
+
+def _world_to_voxel(points, affine) -> np.ndarray:
+    inverse = np.linalg.inv(affine)
+    return points @ inverse[:3, :3].T + inverse[:3, 3]
+
+
+def _subsample(mask: np.ndarray, limit: int, rng) -> np.ndarray:
+    count = int(mask.sum())
+    if count <= limit:
+        return mask
+    idx = np.flatnonzero(mask)
+    keep = rng.choice(idx, size=limit, replace=False)
+    out = np.zeros(mask.size, bool)
+    out[keep] = True
+    return out.reshape(mask.shape)
