@@ -26,18 +26,21 @@ from .core.replace import (
     SKIN_OFFSET_MM,
     air_level,
     blended_coordinates,
+    crisp_skin,
     edge_weight,
     fit_brain_affine,
     outward_normals,
     raise_skin,
     reface_volume,
     sample_at,
+    signed_skin_distance,
     seam_weights,
     wrap_signal,
 )
 from .core.surface import face_surface_moved, head_mask, skin_threshold
 
 MAX_TRAINING_SAMPLES = 400_000
+SKIN_DEPTH_MM = 2.0  # tissue values are taken this far beneath the template's blurred skin
 
 
 class RegistrationFailed(RuntimeError):
@@ -134,7 +137,12 @@ def replace_face(
     )
     offset = SKIN_OFFSET_MM * (1.0 - ndi.map_coordinates(weight, coarse_ijk, order=1, mode="nearest"))
     sample_points = raise_skin(sample_points, offset, tpl.normals, tpl.affine)
-    template_at_voxels = sample_at(tpl.t1w, tpl.affine, sample_points, tpl.air)
+    beneath = raise_skin(sample_points, np.full(len(sample_points), SKIN_DEPTH_MM), tpl.normals, tpl.affine)
+    template_at_voxels = crisp_skin(
+        sample_at(tpl.t1w, tpl.affine, beneath, tpl.air),
+        sample_at(tpl.signed_distance, tpl.affine, sample_points, 1e3),
+        tpl.air,
+    )
 
     # Where template and image tissue correspond: outside the face, brain and wrap band.
     rng = np.random.default_rng(seed)
@@ -218,6 +226,7 @@ class TemplateData:
     affine: np.ndarray
     head_level: float
     air: float
+    signed_distance: np.ndarray
     normals: np.ndarray
     face_mm3: float
 
@@ -236,13 +245,17 @@ def _template_data(template) -> TemplateData:
         world_grid(img.affine, t1w.shape).reshape(-1, 3),
         order=0,
     )
-    face = (dseg_on_t1w.reshape(t1w.shape) == warp.FACE) & head
+    brain = np.asanyarray(nib.load(str(template.brain_mask)).dataobj) > 0
+    outside_protected = ndi.distance_transform_edt(~brain, sampling=zooms) > warp.PROTECT_MARGIN_MM
+    face = (dseg_on_t1w.reshape(t1w.shape) == warp.FACE) & head & outside_protected
+    signed = signed_skin_distance(head, zooms)
     return TemplateData(
         t1w=t1w,
         affine=img.affine,
         head_level=head_level,
         air=air_level(t1w),
-        normals=outward_normals(head, zooms),
+        signed_distance=signed,
+        normals=outward_normals(signed, zooms),
         face_mm3=float(face.sum() * np.prod(zooms)),
     )
 

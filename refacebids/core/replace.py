@@ -23,7 +23,7 @@ BLEND_MM = 18.0  # from nonlinear (edge) to brain-driven affine placement (inter
 # The average face lies within 2 mm of a real face over most of its surface, so the
 # replacement skin is raised by this much above the template's (a fuller average face,
 # the same for everyone), fading to 0 at the edges where it joins the subject's tissue.
-SKIN_OFFSET_MM = 5.0
+SKIN_OFFSET_MM = 10.0
 SEAM_MM = 3.0  # intensity feathering into the kept tissue
 TRAINING_REACH_MM = 25.0  # air around the head used to learn the contrast
 WRAP_SIGNAL_DILATION_MM = 4.0
@@ -97,21 +97,52 @@ def sample_at(
     return ndi.map_coordinates(volume, ijk.T, order=order, mode="constant", cval=outside)
 
 
-def outward_normals(head: np.ndarray, zooms) -> np.ndarray:
-    """(I, J, K, 3) unit vectors pointing away from the head's skin, in voxel-axis order.
+def signed_skin_distance(head: np.ndarray, zooms) -> np.ndarray:
+    """(I, J, K) signed distance to the skin in mm: negative inside the head, positive outside."""
+    zooms = np.asarray(zooms, float)
+    outside = ndi.distance_transform_edt(~head, sampling=zooms)
+    inside = ndi.distance_transform_edt(head, sampling=zooms)
+    # Smoothed by one voxel: the distance to a voxelised surface has terraces.
+    return ndi.gaussian_filter((outside - inside).astype(np.float32), 1.0)
 
-    The gradient of the smoothed signed distance to the skin; defined everywhere, so a
-    point anywhere near the face can be moved along it.
+
+def outward_normals(signed_distance: np.ndarray, zooms) -> np.ndarray:
+    """(I, J, K, 3) unit vectors pointing away from the skin, in voxel-axis order.
+
+    The gradient of the smoothed signed distance; defined everywhere, so a point
+    anywhere near the face can be moved along it.
     """
     zooms = np.asarray(zooms, float)
-    signed = ndi.distance_transform_edt(~head, sampling=zooms) - ndi.distance_transform_edt(
-        head, sampling=zooms
-    )
-    signed = ndi.gaussian_filter(signed, 4.0 / zooms)
-    gradient = np.stack(np.gradient(signed, *zooms), axis=-1)
-    return (gradient / np.maximum(np.linalg.norm(gradient, axis=-1, keepdims=True), 1e-6)).astype(
-        np.float32
-    )
+    smooth = ndi.gaussian_filter(signed_distance, 4.0 / zooms)
+    gradient = np.stack(np.gradient(smooth, *zooms), axis=-1)
+    norm = np.maximum(np.linalg.norm(gradient, axis=-1, keepdims=True), 1e-6)
+    return (gradient / norm).astype(np.float32)
+
+
+def crisp_skin(
+    template_values: np.ndarray, signed_distance: np.ndarray, air: float, edge_mm: float = 0.5
+) -> np.ndarray:
+    """Template intensities with a skin edge as sharp as a scanner's.
+
+    The average template's skin is blurred over several millimetres; drawn with the
+    image's noise, such a shallow edge turns into a rough, terraced surface. A sigmoid
+    of the signed distance puts the skin back at one place.
+
+    Parameters
+    ----------
+    template_values : (N,) ndarray
+        Template intensity of tissue at each sample (taken below the skin).
+    signed_distance : (N,) ndarray
+        Signed distance (mm) of each sample to the template's skin.
+    air : float
+        Template intensity of air.
+
+    Returns
+    -------
+    (N,) ndarray
+    """
+    inside = 1.0 / (1.0 + np.exp(np.clip(signed_distance / edge_mm, -50, 50)))
+    return inside * template_values + (1.0 - inside) * air
 
 
 def raise_skin(points: np.ndarray, offset_mm: np.ndarray, normals: np.ndarray, affine: np.ndarray):

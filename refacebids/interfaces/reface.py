@@ -1,0 +1,129 @@
+"""Thin Nipype interfaces around the engine steps in :mod:`refacebids.engine`."""
+
+from __future__ import annotations
+
+import json
+import os
+
+from nipype.interfaces.base import (
+    BaseInterfaceInputSpec,
+    File,
+    SimpleInterface,
+    TraitedSpec,
+    traits,
+)
+
+from .. import engine
+from ..templates import load_template
+
+
+class _RegisterInputSpec(BaseInterfaceInputSpec):
+    in_file = File(exists=True, mandatory=True, desc="image to reface")
+    template = traits.Str(mandatory=True, desc="template name or folder")
+    seed = traits.Int(42, usedefault=True, desc="random seed of the metric sampling")
+    num_threads = traits.Int(1, usedefault=True, nohash=True, desc="ITK threads")
+
+
+class _RegisterOutputSpec(TraitedSpec):
+    composite = File(exists=True, desc="template -> image transform (ITK composite .h5)")
+    registration = File(exists=True, desc="registration record (JSON)")
+
+
+class RegisterTemplate(SimpleInterface):
+    """Register the template head to the image (rigid, affine, SyN; mutual information)."""
+
+    input_spec = _RegisterInputSpec
+    output_spec = _RegisterOutputSpec
+
+    def _run_interface(self, runtime):
+        record = engine.register_image(
+            self.inputs.in_file,
+            load_template(self.inputs.template),
+            runtime.cwd,
+            seed=self.inputs.seed,
+            threads=self.inputs.num_threads,
+        )
+        if not record["ok"]:
+            raise engine.RegistrationFailed(
+                f"template registration failed (head overlap {record['head_dice']:.2f} "
+                f"< {engine.MIN_HEAD_DICE}); not refaced"
+            )
+        self._results["composite"] = record["composite"]
+        self._results["registration"] = os.path.join(runtime.cwd, "registration.json")
+        return runtime
+
+
+class _MasksInputSpec(BaseInterfaceInputSpec):
+    in_file = File(exists=True, mandatory=True)
+    template = traits.Str(mandatory=True)
+    composite = File(exists=True, mandatory=True)
+
+
+class _MasksOutputSpec(TraitedSpec):
+    labels_file = File(exists=True, desc="refacing labels and protected region, image grid")
+    coords_file = File(exists=True, desc="template coordinates on the 2 mm working grid")
+
+
+class WarpLabels(SimpleInterface):
+    """Carry the face/ear/teeth/wrap labels and the protected brain region to the image."""
+
+    input_spec = _MasksInputSpec
+    output_spec = _MasksOutputSpec
+
+    def _run_interface(self, runtime):
+        labels, coords = engine.compute_masks(
+            self.inputs.in_file,
+            load_template(self.inputs.template),
+            self.inputs.composite,
+            runtime.cwd,
+        )
+        self._results.update(labels_file=labels, coords_file=coords)
+        return runtime
+
+
+class _ReplaceInputSpec(_MasksInputSpec):
+    labels_file = File(exists=True, mandatory=True)
+    coords_file = File(exists=True, mandatory=True)
+    registration = File(exists=True, mandatory=True)
+    seed = traits.Int(42, usedefault=True)
+
+
+class _ReplaceOutputSpec(TraitedSpec):
+    out_file = File(exists=True, desc="refaced image")
+    mask_file = File(exists=True, desc="replaced voxels (uint8 mask)")
+    metrics_file = File(exists=True, desc="quality numbers and registration record (JSON)")
+
+
+class ReplaceFace(SimpleInterface):
+    """Draw the template's face in the image's contrast and noise; verify the brain."""
+
+    input_spec = _ReplaceInputSpec
+    output_spec = _ReplaceOutputSpec
+
+    def _run_interface(self, runtime):
+        template = load_template(self.inputs.template)
+        out_file, mask_file, metrics = engine.replace_face(
+            self.inputs.in_file,
+            template,
+            self.inputs.composite,
+            self.inputs.labels_file,
+            self.inputs.coords_file,
+            runtime.cwd,
+            seed=self.inputs.seed,
+        )
+        with open(self.inputs.registration) as handle:
+            registration = json.load(handle)
+        metrics["registration"] = {
+            **registration["settings"],
+            "similarity": registration["similarity"],
+            "head_dice": registration["head_dice"],
+            "ok": registration["ok"],
+        }
+        metrics["template"] = {"name": template.name, "sha256": template.sha256}
+        if metrics["protected_voxels_changed"] or metrics["changed_voxels_outside_replaced"]:
+            raise RuntimeError("refacing changed voxels it must not touch; output withheld")
+        metrics_file = os.path.join(runtime.cwd, "metrics.json")
+        with open(metrics_file, "w") as handle:
+            json.dump(metrics, handle, indent=2)
+        self._results.update(out_file=out_file, mask_file=mask_file, metrics_file=metrics_file)
+        return runtime

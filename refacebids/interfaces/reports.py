@@ -1,0 +1,51 @@
+"""Thin Nipype interface drawing the per-image report figures."""
+
+from __future__ import annotations
+
+import os
+
+import nibabel as nib
+import numpy as np
+from nipype.interfaces.base import (
+    BaseInterfaceInputSpec,
+    File,
+    InputMultiObject,
+    SimpleInterface,
+    TraitedSpec,
+)
+
+from ..core.image import load_head_image
+from ..core.warp import PROTECTED
+from ..reports.reportlets import renders_before_after, slices_before_after
+
+
+class _ReportletsInputSpec(BaseInterfaceInputSpec):
+    in_file = File(exists=True, mandatory=True, desc="original image")
+    out_file = File(exists=True, mandatory=True, desc="refaced image")
+    mask_file = File(exists=True, mandatory=True, desc="replaced voxels")
+    labels_file = File(exists=True, mandatory=True, desc="labels with the protected region")
+
+
+class _ReportletsOutputSpec(TraitedSpec):
+    reportlets = InputMultiObject(File(exists=True), desc="PNG figures")
+
+
+class FaceReportlets(SimpleInterface):
+    """Slices with outlines and 3D renders, before and after."""
+
+    input_spec = _ReportletsInputSpec
+    output_spec = _ReportletsOutputSpec
+
+    def _run_interface(self, runtime):
+        before = load_head_image(self.inputs.in_file)
+        after = load_head_image(self.inputs.out_file)
+        replaced = np.asanyarray(nib.load(self.inputs.mask_file).dataobj) > 0
+        protected = np.asanyarray(nib.load(self.inputs.labels_file).dataobj) == PROTECTED
+        slices = os.path.join(runtime.cwd, "slices.png")
+        renders = os.path.join(runtime.cwd, "renders.png")
+        slices_before_after(
+            before.reference(), after.reference(), before.affine, replaced, protected, slices
+        )
+        renders_before_after(before.reference(), after.reference(), before.affine, renders)
+        self._results["reportlets"] = [slices, renders]
+        return runtime

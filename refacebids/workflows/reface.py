@@ -1,0 +1,107 @@
+"""The per-image refacing graph: register -> mask -> replace -> report."""
+
+from __future__ import annotations
+
+from nipype.interfaces import utility as niu
+from nipype.pipeline import engine as pe
+from niworkflows.engine.workflows import LiterateWorkflow as Workflow
+
+from .. import __version__
+from ..core.registration import RIGID_RESOLUTION_MM, WORKING_RESOLUTION_MM
+from ..core.replace import SKIN_OFFSET_MM
+from ..core.warp import PROTECT_MARGIN_MM
+from ..interfaces.reface import RegisterTemplate, ReplaceFace, WarpLabels
+from ..interfaces.reports import FaceReportlets
+
+
+def init_reface_wf(*, modality: str, template, omp_nthreads: int = 1, name: str = "reface_wf"):
+    """Build the graph that refaces one image.
+
+    Workflow Graph
+        .. workflow::
+            :graph2use: orig
+            :simple_form: yes
+
+            from refacebids.templates import load_template
+            from refacebids.workflows.reface import init_reface_wf
+            wf = init_reface_wf(modality="T1w", template=load_template())
+
+    Parameters
+    ----------
+    modality : str
+        BIDS suffix of the image (``T1w``, ``T2w``, ``FLAIR``, ``PDw``, ``T2starw``, ``PD``).
+    template : refacebids.templates.Template
+        Replacement-face template with its labels.
+    omp_nthreads : int
+        Threads for the registration.
+    name : str
+        Workflow name.
+
+    Inputs
+    ------
+    in_file
+        Image to reface (3D, or 4D whose volumes share one position).
+
+    Outputs
+    -------
+    out_file
+        Refaced image, same header, dtype and scaling as the input.
+    mask_file
+        uint8 mask of the replaced voxels.
+    xfm_file
+        Template -> image transform (ITK composite .h5).
+    metrics_file
+        Quality numbers (JSON): protected voxels changed, face surface moved, noise and
+        intensity match, registration similarity.
+    reportlets
+        PNG figures for the report.
+    """
+    workflow = Workflow(name=name)
+    workflow.__desc__ = f"""\
+Faces were replaced with *refacebids* {__version__}. The {modality} image was registered
+to the {template.name} full-head template with antspyx (rigid at
+{RIGID_RESOLUTION_MM:g} mm, then affine and SyN at {WORKING_RESOLUTION_MM:g} mm, Mattes
+mutual information). The template's face, forehead, cheeks, ears, teeth and jaw labels,
+and the air in which wrapped face parts appear, were carried to the image; an
+intracranial region grown by {PROTECT_MARGIN_MM:g} mm was protected and left
+byte-identical. The template face, placed by the head's affine alignment and raised by
+{SKIN_OFFSET_MM:g} mm of soft tissue, was drawn in the image's own contrast (a lookup
+table learned from the subject's tissue outside the face) with noise matching the
+image's, and feathered into the surrounding tissue.
+"""
+    inputnode = pe.Node(niu.IdentityInterface(fields=["in_file"]), name="inputnode")
+    outputnode = pe.Node(
+        niu.IdentityInterface(
+            fields=["out_file", "mask_file", "xfm_file", "metrics_file", "reportlets"]
+        ),
+        name="outputnode",
+    )
+    register = pe.Node(
+        RegisterTemplate(template=str(template.path), num_threads=omp_nthreads),
+        name="register",
+        n_procs=omp_nthreads,
+        mem_gb=1.0,
+    )
+    mask = pe.Node(WarpLabels(template=str(template.path)), name="mask", mem_gb=1.0)
+    replace = pe.Node(ReplaceFace(template=str(template.path)), name="replace", mem_gb=1.5)
+    report = pe.Node(FaceReportlets(), name="report", mem_gb=1.0)
+
+    workflow.connect([
+        (inputnode, register, [("in_file", "in_file")]),
+        (inputnode, mask, [("in_file", "in_file")]),
+        (register, mask, [("composite", "composite")]),
+        (inputnode, replace, [("in_file", "in_file")]),
+        (register, replace, [("composite", "composite"), ("registration", "registration")]),
+        (mask, replace, [("labels_file", "labels_file"), ("coords_file", "coords_file")]),
+        (inputnode, report, [("in_file", "in_file")]),
+        (mask, report, [("labels_file", "labels_file")]),
+        (replace, report, [("out_file", "out_file"), ("mask_file", "mask_file")]),
+        (replace, outputnode, [
+            ("out_file", "out_file"),
+            ("mask_file", "mask_file"),
+            ("metrics_file", "metrics_file"),
+        ]),
+        (register, outputnode, [("composite", "xfm_file")]),
+        (report, outputnode, [("reportlets", "reportlets")]),
+    ])  # fmt:skip
+    return workflow

