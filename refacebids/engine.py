@@ -40,7 +40,9 @@ from .core.replace import (
 from .core.surface import face_surface_moved, head_mask, skin_threshold
 
 MAX_TRAINING_SAMPLES = 400_000
-SKIN_DEPTH_MM = 2.0  # tissue values are taken this far beneath the template's blurred skin
+SKIN_DEPTH_MM = 2.0
+MIN_FACE_IN_FOV = 0.9
+MIN_MOVED_FRACTION = 0.9  # tissue values are taken this far beneath the template's blurred skin
 
 
 class RegistrationFailed(RuntimeError):
@@ -129,18 +131,22 @@ def replace_face(
     weight = edge_weight(np.isin(coarse_labels, warp.REPLACEABLE), coarse_affine)
     blended = blended_coordinates(coords, weight, brain_affine, coarse_affine)
     replaced_idx = np.argwhere(replaced)
-    replaced_world = replaced_idx @ head.affine[:3, :3].T + head.affine[:3, 3]
+    replaced_world = replaced_idx.astype(np.float32) @ head.affine[:3, :3].T.astype(np.float32)
+    replaced_world += head.affine[:3, 3].astype(np.float32)
     coarse_ijk = _world_to_voxel(replaced_world, coarse_affine).T
     sample_points = np.stack(
         [ndi.map_coordinates(blended[..., k], coarse_ijk, order=1, mode="nearest") for k in range(3)],
         axis=1,
     )
     offset = SKIN_OFFSET_MM * (1.0 - ndi.map_coordinates(weight, coarse_ijk, order=1, mode="nearest"))
-    sample_points = raise_skin(sample_points, offset, tpl.normals, tpl.affine)
-    beneath = raise_skin(sample_points, np.full(len(sample_points), SKIN_DEPTH_MM), tpl.normals, tpl.affine)
-    template_at_voxels = crisp_skin(
+    # Points well outside the raised skin are air: only the others need the full sampling.
+    template_at_voxels = np.full(len(sample_points), tpl.air, np.float32)
+    near = sample_at(tpl.signed_distance, tpl.affine, sample_points, 1e3) < offset + 3.0
+    raised = raise_skin(sample_points[near], offset[near], tpl.normals, tpl.affine)
+    beneath = raise_skin(raised, np.full(len(raised), SKIN_DEPTH_MM), tpl.normals, tpl.affine)
+    template_at_voxels[near] = crisp_skin(
         sample_at(tpl.t1w, tpl.affine, beneath, tpl.air),
-        sample_at(tpl.signed_distance, tpl.affine, sample_points, 1e3),
+        sample_at(tpl.signed_distance, tpl.affine, raised, 1e3),
         tpl.air,
     )
 
@@ -183,8 +189,24 @@ def replace_face(
         head, refaced, labels, replaced, tpl_registered, tpl_head_level, threshold, expected_face_mm3
     )
     metrics["noise"] = noise_models
+    metrics["warnings"] = quality_warnings(metrics)
     metrics["brain_affine_determinant"] = float(np.linalg.det(brain_affine[:3, :3]))
     return str(out_file), str(mask_file), metrics
+
+
+def quality_warnings(metrics: dict) -> list[str]:
+    """What a reviewer should look at, one sentence each."""
+    warnings = []
+    if metrics["face_in_fov_fraction"] < MIN_FACE_IN_FOV:
+        warnings.append(
+            f"face partly outside the field of view ({metrics['face_in_fov_fraction']:.0%} inside)"
+        )
+    if not metrics["face_surface_moved_fraction"] >= MIN_MOVED_FRACTION:
+        warnings.append(
+            f"face surface moved on {metrics['face_surface_moved_fraction']:.0%} of its area "
+            f"(target {MIN_MOVED_FRACTION:.0%})"
+        )
+    return warnings
 
 
 def _metrics(head, refaced, labels, replaced, tpl_registered, tpl_head_level, threshold, expected_face_mm3) -> dict:
@@ -247,7 +269,7 @@ def _template_data(template) -> TemplateData:
     )
     brain = np.asanyarray(nib.load(str(template.brain_mask)).dataobj) > 0
     outside_protected = ndi.distance_transform_edt(~brain, sampling=zooms) > warp.PROTECT_MARGIN_MM
-    face = (dseg_on_t1w.reshape(t1w.shape) == warp.FACE) & head & outside_protected
+    face = (dseg_on_t1w.reshape(t1w.shape) == warp.FACE) & (t1w > head_level) & outside_protected
     signed = signed_skin_distance(head, zooms)
     return TemplateData(
         t1w=t1w,
@@ -261,8 +283,8 @@ def _template_data(template) -> TemplateData:
 
 
 def _world_to_voxel(points, affine) -> np.ndarray:
-    inverse = np.linalg.inv(affine)
-    return points @ inverse[:3, :3].T + inverse[:3, 3]
+    inverse = np.linalg.inv(affine).astype(np.float32)
+    return points.astype(np.float32) @ inverse[:3, :3].T + inverse[:3, 3]
 
 
 def _subsample(mask: np.ndarray, limit: int, rng) -> np.ndarray:

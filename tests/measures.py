@@ -30,7 +30,11 @@ def outer_skin(volume: np.ndarray, zooms, level: float) -> np.ndarray:
     labels, count = ndi.label(head)
     if count:
         head = labels == np.argmax(np.bincount(labels.ravel())[1:]) + 1
-    head = ndi.binary_fill_holes(ndi.binary_closing(head, iterations=2))
+    # Seal nostrils and lips (a 5 mm closing) so nasal and oral cavities count as inside.
+    radius = np.maximum(np.rint(5.0 / np.asarray(zooms)), 1).astype(int)
+    ball = np.sum((np.indices(2 * radius + 1).T - radius).T ** 2 / np.maximum(radius, 1)[:, None, None, None] ** 2, axis=0) <= 1
+    head = ndi.binary_fill_holes(ndi.binary_closing(np.pad(head, radius.max()), ball))
+    head = head[tuple(slice(radius.max(), -radius.max()) for _ in range(3))]
     padded = np.pad(ndi.gaussian_filter(head.astype(np.float32), 0.7), 1)
     vertices, *_ = marching_cubes(padded, 0.5, spacing=tuple(float(z) for z in zooms))
     return vertices - np.asarray(zooms, float)

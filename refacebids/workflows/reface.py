@@ -13,6 +13,8 @@ from ..core.warp import PROTECT_MARGIN_MM
 from ..interfaces.reface import RegisterTemplate, ReplaceFace, WarpLabels
 from ..interfaces.reports import FaceReportlets
 
+MRI_MODALITIES = ("T1w", "T2w", "FLAIR", "PDw", "T2starw", "PD")
+
 
 def init_reface_wf(*, modality: str, template, omp_nthreads: int = 1, name: str = "reface_wf"):
     """Build the graph that refaces one image.
@@ -56,19 +58,13 @@ def init_reface_wf(*, modality: str, template, omp_nthreads: int = 1, name: str 
     reportlets
         PNG figures for the report.
     """
+    if modality not in MRI_MODALITIES:
+        raise ValueError(
+            f"refacing {modality} images is not supported yet (this version refaces MRI: "
+            f"{', '.join(MRI_MODALITIES)})"
+        )
     workflow = Workflow(name=name)
-    workflow.__desc__ = f"""\
-Faces were replaced with *refacebids* {__version__}. The {modality} image was registered
-to the {template.name} full-head template with antspyx (rigid at
-{RIGID_RESOLUTION_MM:g} mm, then affine and SyN at {WORKING_RESOLUTION_MM:g} mm, Mattes
-mutual information). The template's face, forehead, cheeks, ears, teeth and jaw labels,
-and the air in which wrapped face parts appear, were carried to the image; an
-intracranial region grown by {PROTECT_MARGIN_MM:g} mm was protected and left
-byte-identical. The template face, placed by the head's affine alignment and raised by
-{SKIN_OFFSET_MM:g} mm of soft tissue, was drawn in the image's own contrast (a lookup
-table learned from the subject's tissue outside the face) with noise matching the
-image's, and feathered into the surrounding tissue.
-"""
+    workflow.__desc__ = methods_paragraph(modality, template.name)
     inputnode = pe.Node(niu.IdentityInterface(fields=["in_file"]), name="inputnode")
     outputnode = pe.Node(
         niu.IdentityInterface(
@@ -105,3 +101,19 @@ image's, and feathered into the surrounding tissue.
         (report, outputnode, [("reportlets", "reportlets")]),
     ])  # fmt:skip
     return workflow
+
+
+def methods_paragraph(modality: str, template_name: str) -> str:
+    """What was done to an image, with versions and settings, ready for a paper."""
+    return f"""\
+Faces were replaced with *refacebids* {__version__}. The {modality} image was registered
+to the {template_name} full-head template with antspyx (rigid at
+{RIGID_RESOLUTION_MM:g} mm, then affine and SyN at {WORKING_RESOLUTION_MM:g} mm, Mattes
+mutual information). The template's face, forehead, cheeks, ears, teeth and jaw labels,
+and the air in which wrapped face parts appear, were carried to the image; an
+intracranial region grown by {PROTECT_MARGIN_MM:g} mm was protected and left
+byte-identical. The template face, placed by the head's affine alignment and raised by
+{SKIN_OFFSET_MM:g} mm of soft tissue, was drawn in the image's own contrast (a lookup
+table learned from the subject's tissue outside the face) with noise matching the
+image's, and feathered into the surrounding tissue.
+"""

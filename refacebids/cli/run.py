@@ -1,0 +1,253 @@
+"""Entry point of the ``refacebids`` command.
+
+Exit status 0 when every selected image was refaced, 1 when any failed (after all the
+others were processed), 2 for a command-line error. Progress goes to stdout; stderr
+carries only errors, one line each: ``refacebids: ERROR: <input relpath>: <reason>``
+per failed image, so that a caller can parse it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import sys
+import tempfile
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+# Set before nipype/templateflow are imported: no telemetry request, no template
+# download; refacebids must run offline.
+os.environ.setdefault("NIPYPE_NO_ET", "1")
+os.environ.setdefault("TEMPLATEFLOW_AUTOUPDATE", "0")
+os.environ.setdefault("TEMPLATEFLOW_USE_DATALAD", "0")
+
+from .parser import build_parser, check_paths  # noqa: E402
+
+LOGGER = logging.getLogger("refacebids")
+ERROR_PREFIX = "refacebids: ERROR:"
+
+
+def main(argv=None) -> int:
+    """Run refacebids; return the exit status."""
+    parser = build_parser()
+    opts = parser.parse_args(argv)
+    opts.argv = sys.argv[1:] if argv is None else list(argv)
+    try:
+        bids_dir, output_dir = check_paths(opts.bids_dir, opts.output_dir)
+        work_dir = _check_work_dir(opts.work_dir, bids_dir, output_dir)
+    except ValueError as exc:
+        parser.error(str(exc))
+
+    with _stderr_for_errors_only() as errors:
+        _setup_logging()
+        if opts.analysis_level == "group":
+            LOGGER.info("group level: group reports are not built yet; nothing to do")
+            return 0
+        try:
+            failures = _run_participant(opts, bids_dir, output_dir, work_dir)
+        except Exception as exc:  # a dataset-level problem: no image was processed
+            # A traceback (to stdout) only for what is not a plain user error.
+            LOGGER.error("stopped: %s", exc, exc_info=not isinstance(exc, ValueError))
+            print(f"{ERROR_PREFIX} {_one_line(exc)}", file=errors, flush=True)
+            return 1
+        for relpath, reason in failures.items():
+            print(f"{ERROR_PREFIX} {relpath}: {reason}", file=errors, flush=True)
+    return 1 if failures else 0
+
+
+def _run_participant(opts, bids_dir, output_dir, work_dir) -> dict:
+    """Reface the selected images; return ``{relpath: reason}`` of those that failed."""
+    from ..templates import load_template
+    from ..utils.bids import collect_images, sidecar_path
+    from ..workflows.base import ImageBuildError, image_wf_name, init_refacebids_wf, qc_dir
+    from ..reports.subject import write_subject_reports
+    from ..workflows.outputs import (
+        finalize_release,
+        prepare_release,
+        refaced_path,
+        write_derivatives_description,
+    )
+    from ..workflows.reface import methods_paragraph
+
+    command_line = " ".join(["refacebids", *map(str, opts.argv)])
+
+    jobs = collect_images(
+        bids_dir,
+        opts.participant_label,
+        opts.session_label,
+        validate=not opts.skip_bids_validation,
+    )
+    selected = list(jobs)
+    LOGGER.info("found %d image(s) to reface in %s", len(jobs), bids_dir)
+    if not jobs:
+        LOGGER.warning("nothing to do: no image matched the selection")
+        return {}
+    template = load_template(opts.template)
+    LOGGER.info("template %s (%s), sha256 %s", template.name, template.path, template.sha256)
+
+    derivatives_dir = qc_dir(output_dir, work_dir, opts.output_layout)
+    with_ct = any(job.datatype == "ct" for job in jobs)
+    if opts.output_layout == "release":
+        prepare_release(bids_dir, output_dir, jobs)
+        LOGGER.info("release: masks, transforms and figures go to %s", derivatives_dir)
+    write_derivatives_description(derivatives_dir, bids_dir, with_ct=with_ct)
+
+    failures = {}
+    while True:
+        try:
+            workflow = init_refacebids_wf(
+                jobs=jobs,
+                output_dir=output_dir,
+                work_dir=work_dir,
+                template=template,
+                omp_nthreads=opts.omp_nthreads,
+                output_layout=opts.output_layout,
+                bids_dir=bids_dir,
+            )
+            break
+        except ImageBuildError as exc:
+            failures[exc.job.relpath] = exc.reason
+            jobs = [job for job in jobs if job is not exc.job]
+
+    if jobs:
+        # A fresh folder per run, so that crash files of earlier runs are not counted.
+        (work_dir / "crash").mkdir(parents=True, exist_ok=True)
+        crash_dir = Path(tempfile.mkdtemp(prefix=time.strftime("%Y%m%d-%H%M%S-"),
+                                          dir=work_dir / "crash"))
+        _run_workflow(workflow, work_dir, crash_dir, opts.nprocs)
+        crashes = _crash_reasons(crash_dir)
+        for job in jobs:
+            name = image_wf_name(job)
+            reason = next((r for node, r in crashes.items() if f".{name}." in f".{node}."), None)
+            if reason is None and not refaced_path(job, output_dir, opts.output_layout).exists():
+                reason = "no refaced image was written"
+            if reason is None:
+                LOGGER.info("done: %s", job.relpath)
+            else:
+                failures[job.relpath] = reason
+                LOGGER.error("failed: %s: %s", job.relpath, reason)
+
+    if opts.output_layout == "release":
+        finalize_release(output_dir, sorted(failures))
+    all_jobs = [*jobs, *(job for job in selected if job.relpath in failures and job not in jobs)]
+    reports = write_subject_reports(
+        derivatives_dir,
+        derivatives_dir,
+        all_jobs,
+        {job.relpath: sidecar_path(refaced_path(job, output_dir, opts.output_layout))
+         for job in jobs if job.relpath not in failures},
+        failures,
+        command_line,
+        {job.relpath: methods_paragraph(job.suffix, template.name) for job in all_jobs},
+    )
+    for report in reports:
+        LOGGER.info("report: %s", report)
+    refaced = sum(job.relpath not in failures for job in jobs)
+    LOGGER.info("%d image(s) refaced, %d failed", refaced, len(failures))
+    return dict(sorted(failures.items()))
+
+
+def _run_workflow(workflow, work_dir: Path, crash_dir: Path, nprocs: int) -> None:
+    workflow.base_dir = str(work_dir)
+    workflow.config["execution"].update({
+        "crashdump_dir": str(crash_dir),
+        "crashfile_format": "txt",
+        "stop_on_first_crash": False,
+        # Keep every node's outputs so that a rerun with the same work dir resumes.
+        "remove_unnecessary_outputs": False,
+        # The default (2 s) dominates the run time of the many small nodes.
+        "poll_sleep_duration": 0.05,
+    })
+    try:
+        workflow.run(
+            plugin="MultiProc",
+            plugin_args={"n_procs": nprocs, "raise_insufficient": False},
+        )
+    except RuntimeError as exc:
+        # Raised once after all branches ran, when any node failed; the crash files
+        # say which images failed and why.
+        LOGGER.debug("nipype: %s", exc)
+
+
+def _crash_reasons(crash_dir: Path) -> dict:
+    """``{node full name: last line of its traceback}`` from nipype's text crash files."""
+    reasons = {}
+    for crashfile in sorted(crash_dir.glob("crash-*.txt")):
+        text = crashfile.read_text(errors="replace")
+        node = re.search(r"^Node: (\S+)", text, flags=re.MULTILINE)
+        lines = [line.strip() for line in text.splitlines() if line.strip()]
+        if node and lines:
+            reasons[node.group(1)] = _reason_from_traceback(lines)
+    return reasons
+
+
+def _reason_from_traceback(lines: list[str]) -> str:
+    # The last line of a Python traceback is "ExceptionType: message". Nipype wraps
+    # the interface's exception; its own closing notes are not the reason.
+    for line in reversed(lines):
+        if re.match(r"^[\w.]+(Error|Exception|Failed|Exit)\w*:", line):
+            kind, _, message = line.partition(": ")
+            return message.strip() or kind
+    return lines[-1]
+
+
+def _check_work_dir(work_dir: Path, bids_dir: Path, output_dir: Path) -> Path:
+    work_dir = work_dir.resolve()
+    for name, folder in (("BIDS_DIR", bids_dir), ("OUTPUT_DIR", output_dir)):
+        if work_dir == folder or work_dir.is_relative_to(folder):
+            raise ValueError(f"the work dir {work_dir} must not be inside {name} {folder}")
+    return work_dir
+
+
+def _one_line(exc: BaseException) -> str:
+    # The reason must fit the one line per failure on stderr.
+    words = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+    return words or type(exc).__name__
+
+
+def _setup_logging() -> None:
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s: %(message)s",
+                                           "%H:%M:%S"))
+    LOGGER.handlers[:] = [handler]
+    LOGGER.setLevel(logging.INFO)
+    LOGGER.propagate = False
+    logging.captureWarnings(True)
+    logging.getLogger("py.warnings").handlers[:] = [handler]
+    from nipype import logging as nlogging
+
+    for name in ("nipype.workflow", "nipype.interface", "nipype.utils"):
+        nlogger = nlogging.getLogger(name)
+        nlogger.handlers[:] = [handler]
+        nlogger.propagate = False
+    # Node-by-node chatter hides refacebids' own progress; failures are still logged.
+    nlogging.getLogger("nipype.workflow").setLevel(logging.WARNING)
+
+
+@contextmanager
+def _stderr_for_errors_only():
+    """Route file descriptor 2 to stdout and yield a stream to the real stderr.
+
+    Libraries and worker processes (ITK, nipype, warnings) write to fd 2; moving them
+    to stdout keeps stderr to the one-line-per-failure contract.
+    """
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(2)
+    os.dup2(1, 2)
+    errors = os.fdopen(os.dup(saved), "w")
+    try:
+        yield errors
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        errors.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
+        errors.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
