@@ -11,6 +11,7 @@ import gzip
 import hashlib
 import json
 import os
+import re
 from pathlib import Path
 
 import nibabel as nib
@@ -41,6 +42,8 @@ def run(bids, out, work, *extra) -> int:
 EXPECTED_DERIVATIVES = {
     "dataset_description.json",
     ".bidsignore",
+    "sub-01.html",
+    "sub-02.html",
     "sub-01/figures/sub-01_ses-1_desc-beforeafter_T1w.png",
     "sub-01/figures/sub-01_ses-1_desc-beforeafter_T2w.png",
     "sub-01/figures/sub-01_ses-1_trc-FDG_desc-beforeafter_pet.png",
@@ -278,3 +281,8 @@ def test_demo_dataset_with_the_engine(tmp_path, tmp_path_factory, layout):
         assert np.array_equal(after[mask == 0], before[mask == 0])
         assert mask.sum() > 0 and not np.array_equal(after[mask == 1], before[mask == 1])
         assert sha256(refaced) != sha256(original)
+        sidecar = json.loads(refaced.with_name(refaced.name.split(".")[0] + ".json").read_text())
+        assert sidecar["RefacebidsProvenance"]["ProtectedVoxelsChanged"] == 0
+        report = qc / f"{folder.parts[0]}.html"
+        images = re.findall(r'<img[^>]+src="([^"]+)"', report.read_text())
+        assert len(images) == 2 and all((qc / src).is_file() for src in images)

@@ -69,7 +69,7 @@ def _run_participant(opts, bids_dir, output_dir, work_dir) -> dict:
         refaced_path,
         write_derivatives_description,
     )
-    from ..workflows.reface import methods_paragraph
+    from ..reports.methods import methods_paragraph
 
     command_line = " ".join(["refacebids", *map(str, opts.argv)])
 

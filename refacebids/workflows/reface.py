@@ -6,12 +6,9 @@ from nipype.interfaces import utility as niu
 from nipype.pipeline import engine as pe
 from niworkflows.engine.workflows import LiterateWorkflow as Workflow
 
-from .. import __version__
-from ..core.registration import RIGID_RESOLUTION_MM, WORKING_RESOLUTION_MM
-from ..core.replace import SKIN_OFFSET_MM
-from ..core.warp import PROTECT_MARGIN_MM
 from ..interfaces.reface import RegisterTemplate, ReplaceFace, WarpLabels
 from ..interfaces.reports import FaceReportlets
+from ..reports.methods import methods_paragraph
 
 MRI_MODALITIES = ("T1w", "T2w", "FLAIR", "PDw", "T2starw", "PD")
 
@@ -101,19 +98,3 @@ def init_reface_wf(*, modality: str, template, omp_nthreads: int = 1, name: str 
         (report, outputnode, [("reportlets", "reportlets")]),
     ])  # fmt:skip
     return workflow
-
-
-def methods_paragraph(modality: str, template_name: str) -> str:
-    """What was done to an image, with versions and settings, ready for a paper."""
-    return f"""\
-Faces were replaced with *refacebids* {__version__}. The {modality} image was registered
-to the {template_name} full-head template with antspyx (rigid at
-{RIGID_RESOLUTION_MM:g} mm, then affine and SyN at {WORKING_RESOLUTION_MM:g} mm, Mattes
-mutual information). The template's face, forehead, cheeks, ears, teeth and jaw labels,
-and the air in which wrapped face parts appear, were carried to the image; an
-intracranial region grown by {PROTECT_MARGIN_MM:g} mm was protected and left
-byte-identical. The template face, placed by the head's affine alignment and raised by
-{SKIN_OFFSET_MM:g} mm of soft tissue, was drawn in the image's own contrast (a lookup
-table learned from the subject's tissue outside the face) with noise matching the
-image's, and feathered into the surrounding tissue.
-"""
