@@ -10,11 +10,15 @@ registering it to the TemplateFlow head once per run.
 from __future__ import annotations
 
 import hashlib
+import os
+import re
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
 DEFAULT_TEMPLATE = "MNI152EXT"
+# Labels reach this far beyond a template's head image, for the wrap band's air.
+LABEL_PADDING_MM = 60.0
 
 
 class TemplateError(ValueError):
@@ -67,8 +71,13 @@ def _from_folder(folder: Path) -> Template:
     )
 
 
-def load_template(name_or_path: str | None = None) -> Template:
-    """Find a template by name (embedded or TemplateFlow) or by folder path."""
+def load_template(name_or_path: str | None = None, work_dir=None) -> Template:
+    """Find a template by name (embedded or TemplateFlow) or by folder path.
+
+    A TemplateFlow template is taken from the user's TemplateFlow home only (nothing
+    is downloaded); its refacing labels are carried over from the embedded template
+    into ``work_dir`` once and reused by later runs.
+    """
     name_or_path = name_or_path or DEFAULT_TEMPLATE
     path = Path(name_or_path)
     if path.is_dir():
@@ -76,7 +85,84 @@ def load_template(name_or_path: str | None = None) -> Template:
     embedded = embedded_templates_dir() / f"tpl-{name_or_path}"
     if embedded.is_dir():
         return _from_folder(embedded)
+    head = _templateflow_head(name_or_path)
+    if head is not None:
+        if work_dir is None:
+            raise TemplateError("a TemplateFlow template needs a work directory for its labels")
+        return _adopt_labels(name_or_path, head, Path(work_dir) / "templates")
     raise TemplateError(
-        f"unknown template {name_or_path!r}: give a template folder or one of "
+        f"unknown template {name_or_path!r}: give a template folder, a TemplateFlow template "
+        f"whose T1w head is in your TemplateFlow home, or one of "
         f"{sorted(p.name[4:] for p in embedded_templates_dir().glob('tpl-*'))}"
     )
+
+
+def _templateflow_head(name: str) -> Path | None:
+    """The local T1w head of a TemplateFlow template closest to 2 mm, or None."""
+    os.environ.setdefault("TEMPLATEFLOW_AUTOUPDATE", "0")
+    try:
+        import templateflow.api as tflow
+
+        if name not in tflow.templates():
+            return None
+        candidates = tflow.ls(name, suffix="T1w", desc=None, extension=".nii.gz")
+    except Exception:  # TemplateFlow not set up here: treat as not available
+        return None
+    local = [Path(c) for c in candidates if Path(c).is_file() and Path(c).stat().st_size > 0]
+    if not local:
+        return None
+    return min(local, key=lambda p: abs(_resolution(p) - 2))
+
+
+def _resolution(path: Path) -> float:
+    match = re.search(r"_res-(\d+)", path.name)
+    return float(match.group(1)) if match else 1.0
+
+
+def _adopt_labels(name: str, head: Path, root: Path) -> Template:
+    """Template folder for ``head`` with the embedded template's labels registered onto it."""
+    import shutil
+
+    import nibabel as nib
+    import numpy as np
+
+    from .core.geometry import to_ants
+    from .core.registration import register_template
+    from .core.warp import warp_image
+
+    folder = root / f"tpl-{name}"
+    prefix = folder / f"tpl-{name}"
+    done = folder / "labels-adopted"
+    if done.exists():
+        return _from_folder(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    embedded = load_template(DEFAULT_TEMPLATE)
+    target = nib.load(str(head))
+    shutil.copyfile(head, f"{prefix}_T1w.nii.gz")
+    result = register_template(
+        np.asanyarray(target.dataobj, dtype=np.float32), target.affine, str(embedded.t1w),
+        f"{folder}/from-{embedded.name}_",
+    )
+    brain = warp_image(embedded.brain_mask, to_ants(np.zeros(target.shape, np.float32), target.affine),
+                       result.composite, "linear")
+    _save_like(brain > 0.5, target.affine, f"{prefix}_desc-brain_mask.nii.gz")
+    zooms = np.asarray(target.header.get_zooms()[:3])
+    pad_vox = np.ceil(LABEL_PADDING_MM / zooms).astype(int)
+    padded_affine = target.affine.copy()
+    padded_affine[:3, 3] -= target.affine[:3, :3] @ pad_vox
+    padded_shape = tuple(np.asarray(target.shape[:3]) + 2 * pad_vox)
+    labels = warp_image(embedded.dseg, to_ants(np.zeros(padded_shape, np.float32), padded_affine),
+                        result.composite, "nearestNeighbor")
+    _save_like(labels.astype(np.uint8), padded_affine, f"{prefix}_desc-reface_dseg.nii.gz")
+    done.write_text(f"labels of {embedded.name} (sha256 {embedded.sha256}) registered onto {head}\n")
+    return _from_folder(folder)
+
+
+def _save_like(data, affine, path: str) -> None:
+    import nibabel as nib
+    import numpy as np
+
+    img = nib.Nifti1Image(np.asarray(data, dtype=np.uint8), affine)
+    img.set_qform(affine, 2)
+    img.set_sform(affine, 2)
+    img.to_filename(path)

@@ -104,7 +104,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--template",
         default="MNI152EXT",
         metavar="NAME_OR_PATH",
-        help="replacement-face template: an embedded template name or a template folder",
+        help="replacement-face template: an embedded template name, a template folder, or a "
+        "TemplateFlow template whose T1w head is in your TemplateFlow home (its refacing "
+        "labels are registered from the embedded template into the work directory)",
     )
     parser.add_argument(
         "--skip-bids-validation",

@@ -84,7 +84,7 @@ def _run_participant(opts, bids_dir, output_dir, work_dir) -> dict:
     if not jobs:
         LOGGER.warning("nothing to do: no image matched the selection")
         return {}
-    template = load_template(opts.template)
+    template = load_template(opts.template, work_dir=work_dir)
     LOGGER.info("template %s (%s), sha256 %s", template.name, template.path, template.sha256)
 
     derivatives_dir = qc_dir(output_dir, work_dir, opts.output_layout)
