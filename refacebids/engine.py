@@ -21,7 +21,7 @@ from .core.geometry import to_ants, world_grid
 from .core.image import load_head_image, to_raw, write_like
 from .core.intensity import distribution_distance
 from .core.noise import local_noise_sd
-from .core.registration import MIN_HEAD_DICE, WORKING_RESOLUTION_MM, register_template
+from .core.registration import MIN_PEAK_RATIO, WORKING_RESOLUTION_MM, register_template
 from .core.replace import (
     SKIN_OFFSET_MM,
     air_level,

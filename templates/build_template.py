@@ -54,6 +54,9 @@ FACE_BACK_Y = -6.0  # just in front of the tragus; cheeks and temples lie anteri
 FACE_FRONT_Y = 50.0  # the front of the face (outer canthi, cheekbones) lies anterior
 FACE_HALF_WIDTH_MM = 55.0
 FACE_DEPTH_MM = 26.0  # tissue under the skin that belongs to the face (eye globes ~24 mm)
+# Over the brain, only the scalp: skin, fat and muscle of the forehead and temples.
+FOREHEAD_DEPTH_MM = 12.0
+TEMPLE_DEPTH_MM = 15.0
 AIR_REACH_MM = 40.0  # air in front of the face that a subject's nose or lips may occupy
 EAR_X_MM = 52.0  # outer ears lie lateral to |x| = 52 mm
 EAR_Y_MM = (-52.0, 6.0)
@@ -129,9 +132,9 @@ def build_labels(t1w_img: nib.Nifti1Image, brain_img: nib.Nifti1Image) -> nib.Ni
     labels = np.zeros(head.shape, np.uint8)
     shell = (head & (depth <= FACE_DEPTH_MM)) | (~head & (height <= AIR_REACH_MM))
     anterior = (y > FACE_BACK_Y) & (z > CHIN_BOTTOM_Z) & (z < HAIRLINE_Z)
-    labels[shell & anterior & (z >= BROW_TOP_Z)] = 1
+    labels[shell & anterior & (z >= BROW_TOP_Z) & (depth <= FOREHEAD_DEPTH_MM)] = 1
     front = (y > FACE_FRONT_Y) & (np.abs(x) < FACE_HALF_WIDTH_MM)
-    labels[shell & anterior & (z < BROW_TOP_Z)] = 6
+    labels[shell & anterior & (z < BROW_TOP_Z) & (depth <= TEMPLE_DEPTH_MM)] = 6
     labels[shell & anterior & front & (z < BROW_TOP_Z)] = 2
 
     ear_box = (

@@ -45,8 +45,9 @@ class RegisterTemplate(SimpleInterface):
         )
         if not record["ok"]:
             raise engine.RegistrationFailed(
-                f"template registration failed (head overlap {record['head_dice']:.2f} "
-                f"< {engine.MIN_HEAD_DICE}); not refaced"
+                f"template registration failed (scalp overlap {record['head_dice']:.2f} is not "
+                f"a peak: {record['peak_ratio']:.2f} < {engine.MIN_PEAK_RATIO} of the overlap "
+                f"8 mm off); not refaced"
             )
         self._results["composite"] = record["composite"]
         self._results["registration"] = os.path.join(runtime.cwd, "registration.json")
@@ -117,6 +118,7 @@ class ReplaceFace(SimpleInterface):
             **registration["settings"],
             "similarity": registration["similarity"],
             "head_dice": registration["head_dice"],
+            "peak_ratio": registration["peak_ratio"],
             "ok": registration["ok"],
         }
         metrics["template"] = {"name": template.name, "sha256": template.sha256}
