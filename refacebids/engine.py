@@ -17,7 +17,7 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from .core import warp
-from .core.geometry import to_ants, world_grid
+from .core.geometry import to_ants, world_grid, world_to_voxel
 from .core.image import load_head_image, to_raw, write_like
 from .core.intensity import distribution_distance
 from .core.noise import local_noise_sd
@@ -133,7 +133,7 @@ def replace_face(
     replaced_idx = np.argwhere(replaced)
     replaced_world = replaced_idx.astype(np.float32) @ head.affine[:3, :3].T.astype(np.float32)
     replaced_world += head.affine[:3, 3].astype(np.float32)
-    coarse_ijk = _world_to_voxel(replaced_world, coarse_affine).T
+    coarse_ijk = world_to_voxel(replaced_world, coarse_affine).T
     sample_points = np.stack(
         [ndi.map_coordinates(blended[..., k], coarse_ijk, order=1, mode="nearest") for k in range(3)],
         axis=1,
@@ -281,10 +281,6 @@ def _template_data(template) -> TemplateData:
         face_mm3=float(face.sum() * np.prod(zooms)),
     )
 
-
-def _world_to_voxel(points, affine) -> np.ndarray:
-    inverse = np.linalg.inv(affine).astype(np.float32)
-    return points.astype(np.float32) @ inverse[:3, :3].T + inverse[:3, 3]
 
 
 def _subsample(mask: np.ndarray, limit: int, rng) -> np.ndarray:

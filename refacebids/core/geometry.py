@@ -62,21 +62,6 @@ def world_grid(affine: np.ndarray, shape: tuple[int, int, int]) -> np.ndarray:
 
 
 def world_to_voxel(points: np.ndarray, affine: np.ndarray) -> np.ndarray:
-    """(..., 3) world points to continuous voxel indices of the grid with ``affine``."""
-    inverse = np.linalg.inv(affine)
-    return points @ inverse[:3, :3].T.astype(points.dtype) + inverse[:3, 3].astype(points.dtype)
-
-
-def working_affine(affine: np.ndarray, shape: tuple, resolution: float) -> tuple[np.ndarray, tuple]:
-    """Affine and shape of a grid covering the same field of view at ``resolution`` mm.
-
-    Axes keep their direction; voxel centres of the coarse grid start at the first voxel
-    of the fine grid.
-    """
-    linear = affine[:3, :3]
-    zooms = np.linalg.norm(linear, axis=0)
-    factors = resolution / zooms
-    new_shape = tuple(int(max(1, np.ceil(n / f))) for n, f in zip(shape[:3], factors))
-    new = affine.copy()
-    new[:3, :3] = linear * factors
-    return new, new_shape
+    """(..., 3) world points to continuous voxel indices of the grid with ``affine`` (float32)."""
+    inverse = np.linalg.inv(affine).astype(np.float32)
+    return points.astype(np.float32) @ inverse[:3, :3].T + inverse[:3, 3]
