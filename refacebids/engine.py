@@ -28,7 +28,7 @@ from .core.replace import (
     blended_coordinates,
     crisp_skin,
     edge_weight,
-    fit_brain_affine,
+    fit_head_affine,
     outward_normals,
     raise_skin,
     reface_volume,
@@ -123,13 +123,13 @@ def replace_face(
     if not tissue_labels.any():
         raise ValueError("the face lies outside the image's field of view")
 
-    # Replacement geometry: brain-driven affine inside, registration at the edges.
+    # Replacement geometry: the head affine inside, the registration at the edges.
     coarse_affine = coords_img.affine
     tpl_coarse = sample_at(tpl.t1w, tpl.affine, coords.reshape(-1, 3), tpl.air).reshape(coords.shape[:3])
     cranium = np.isin(coarse_labels, (0, warp.PROTECTED)) & (tpl_coarse > tpl_head_level)
-    brain_affine = fit_brain_affine(coords, cranium, coarse_affine)
+    head_affine = fit_head_affine(coords, cranium, coarse_affine)
     weight = edge_weight(np.isin(coarse_labels, warp.REPLACEABLE), coarse_affine)
-    blended = blended_coordinates(coords, weight, brain_affine, coarse_affine)
+    blended = blended_coordinates(coords, weight, head_affine, coarse_affine)
     replaced_idx = np.argwhere(replaced)
     replaced_world = replaced_idx.astype(np.float32) @ head.affine[:3, :3].T.astype(np.float32)
     replaced_world += head.affine[:3, 3].astype(np.float32)
@@ -182,7 +182,7 @@ def replace_face(
     mask_img.to_filename(mask_file)
 
     # The template's face tissue, brought to image millimetres by the head's affine.
-    expected_face_mm3 = tpl.face_mm3 / abs(np.linalg.det(brain_affine[:3, :3]))
+    expected_face_mm3 = tpl.face_mm3 / abs(np.linalg.det(head_affine[:3, :3]))
 
     refaced = load_head_image(out_file)
     metrics = _metrics(
@@ -190,7 +190,7 @@ def replace_face(
     )
     metrics["noise"] = noise_models
     metrics["warnings"] = quality_warnings(metrics)
-    metrics["brain_affine_determinant"] = float(np.linalg.det(brain_affine[:3, :3]))
+    metrics["head_affine_determinant"] = float(np.linalg.det(head_affine[:3, :3]))
     return str(out_file), str(mask_file), metrics
 
 

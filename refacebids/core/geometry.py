@@ -65,3 +65,16 @@ def world_to_voxel(points: np.ndarray, affine: np.ndarray) -> np.ndarray:
     """(..., 3) world points to continuous voxel indices of the grid with ``affine`` (float32)."""
     inverse = np.linalg.inv(affine).astype(np.float32)
     return points.astype(np.float32) @ inverse[:3, :3].T + inverse[:3, 3]
+
+
+def bounding_box(mask: np.ndarray, margin: int = 0) -> tuple[slice, ...]:
+    """Slices of the smallest box holding ``mask``'s True voxels, grown by ``margin``.
+
+    The whole grid when ``mask`` is empty.
+    """
+    if not mask.any():
+        return tuple(slice(0, n) for n in mask.shape)
+    idx = np.argwhere(mask)
+    low = np.maximum(idx.min(0) - margin, 0)
+    high = np.minimum(idx.max(0) + margin + 1, mask.shape)
+    return tuple(slice(int(a), int(b)) for a, b in zip(low, high))

@@ -18,6 +18,8 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from scipy import ndimage as ndi
 
+from .geometry import bounding_box
+
 MAD_TO_SD = 1.4826
 MAX_SAMPLES = 200_000
 RAYLEIGH_MEDIAN = float(np.sqrt(2.0 * np.log(2.0)))  # median of Rayleigh(sigma) / sigma
@@ -66,9 +68,9 @@ def local_noise_sd(volume: np.ndarray, mask: np.ndarray) -> float:
     of real tissue) and drops smooth shading, so the same number can be asked of the
     image and of the drawn face.
     """
-    box = _box(mask)
-    if box is None:
+    if not mask.any():
         return float("nan")
+    box = bounding_box(mask, margin=1)
     values = volume[box].astype(np.float32)
     residual = (values - ndi.uniform_filter(values, 3))[mask[box]]
     if residual.size < 50:
@@ -77,15 +79,6 @@ def local_noise_sd(volume: np.ndarray, mask: np.ndarray) -> float:
         residual = residual[:: residual.size // MAX_SAMPLES]
     # 27/26: a voxel's own value is one of the 27 averaged, which shrinks white noise.
     return float(MAD_TO_SD * np.median(np.abs(residual - np.median(residual))) * np.sqrt(27 / 26))
-
-
-def _box(mask: np.ndarray):
-    if not mask.any():
-        return None
-    idx = np.argwhere(mask)
-    low = np.maximum(idx.min(0) - 1, 0)
-    high = np.minimum(idx.max(0) + 2, mask.shape)
-    return tuple(slice(int(a), int(b)) for a, b in zip(low, high))
 
 
 def estimate_noise(volume: np.ndarray, air: np.ndarray, tissue: np.ndarray) -> NoiseModel:
@@ -104,6 +97,7 @@ def estimate_noise(volume: np.ndarray, air: np.ndarray, tissue: np.ndarray) -> N
     -------
     NoiseModel
     """
+    roughness = local_noise_sd(volume, tissue)
     background = volume[air]
     has_noise_floor = background.size > 1000 and np.mean(background != background.min()) > 0.5
     if has_noise_floor:
@@ -112,7 +106,7 @@ def estimate_noise(volume: np.ndarray, air: np.ndarray, tissue: np.ndarray) -> N
         region, kind = air, "rician"
         marginal = MAD_TO_SD * float(np.median(np.abs(background - np.median(background))))
     else:
-        sigma = local_noise_sd(volume, tissue)
+        sigma = roughness
         region, kind = tissue, "gaussian"
         marginal = sigma
     widths = []
@@ -120,7 +114,6 @@ def estimate_noise(volume: np.ndarray, air: np.ndarray, tissue: np.ndarray) -> N
         diff_sd = neighbour_difference_sd(volume, region, axis)
         rho = 1.0 - diff_sd**2 / (2.0 * marginal**2) if marginal > 0 else 0.0
         widths.append(float(np.sqrt(-1.0 / (4.0 * np.log(rho)))) if 0.05 < rho < 0.98 else 0.0)
-    roughness = local_noise_sd(volume, tissue)
     return NoiseModel(
         sigma=float(np.nan_to_num(sigma)),
         kind=kind,

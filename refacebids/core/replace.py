@@ -4,8 +4,9 @@ Where the replacement comes from matters as much as where it goes. The nonlinear
 registration that places the labels also reshapes the template's face into the
 subject's (on real heads, SyN-warped template faces stayed within 2 mm of 80-99% of the
 subject's face surface), so a face drawn through it would give the subject's face back.
-The replacement face is therefore sampled through the *affine part that the brain
-alone determines* (head size, position and orientation), and only near the edges of
+The replacement face is therefore sampled through the *affine that the head outside
+the face determines* (scalp, skull, brain and neck: head size, position and
+orientation), and only near the edges of
 the replaced region does the placement blend into the full nonlinear registration, so
 the new face joins the subject's own scalp, cheeks and neck without a step.
 """
@@ -16,10 +17,11 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from . import warp
+from .geometry import bounding_box
 from .intensity import apply_intensity_map, fit_intensity_map
 from .noise import NoiseModel, add_noise, estimate_noise
 
-BLEND_MM = 18.0  # from nonlinear (edge) to brain-driven affine placement (interior)
+BLEND_MM = 18.0  # from nonlinear (edge) to head-affine placement (interior)
 # The average face lies within 2 mm of a real face over most of its surface, so the
 # replacement skin is raised by this much above the template's (a fuller average face,
 # the same for everyone), fading to 0 at the edges where it joins the subject's tissue.
@@ -29,15 +31,15 @@ TRAINING_REACH_MM = 25.0  # air around the head used to learn the contrast
 WRAP_SIGNAL_DILATION_MM = 4.0
 
 
-def fit_brain_affine(coords: np.ndarray, brain: np.ndarray, grid_affine: np.ndarray) -> np.ndarray:
-    """Least-squares affine from image world to template world over the brain.
+def fit_head_affine(coords: np.ndarray, region: np.ndarray, grid_affine: np.ndarray) -> np.ndarray:
+    """Least-squares affine from image world to template world over ``region``.
 
     Parameters
     ----------
     coords : (I, J, K, 3) ndarray
         Template coordinates of every voxel of a grid (from the registration).
-    brain : (I, J, K) bool ndarray
-        Voxels whose mapping should decide the affine.
+    region : (I, J, K) bool ndarray
+        Voxels whose mapping should decide the affine (the head outside the face).
     grid_affine : (4, 4) ndarray
         Voxel-to-world affine of the grid.
 
@@ -46,10 +48,10 @@ def fit_brain_affine(coords: np.ndarray, brain: np.ndarray, grid_affine: np.ndar
     (4, 4) ndarray
         Maps image world (mm) to template world (mm).
     """
-    idx = np.argwhere(brain)
+    idx = np.argwhere(region)
     world = idx @ grid_affine[:3, :3].T + grid_affine[:3, 3]
     design = np.c_[world, np.ones(len(world))]
-    solution, *_ = np.linalg.lstsq(design, coords[brain].astype(np.float64), rcond=None)
+    solution, *_ = np.linalg.lstsq(design, coords[region].astype(np.float64), rcond=None)
     affine = np.eye(4)
     affine[:3, :] = solution.T
     return affine
@@ -63,17 +65,17 @@ def edge_weight(replaced: np.ndarray, grid_affine: np.ndarray) -> np.ndarray:
 
 
 def blended_coordinates(
-    coords: np.ndarray, weight: np.ndarray, brain_affine: np.ndarray, grid_affine: np.ndarray
+    coords: np.ndarray, weight: np.ndarray, head_affine: np.ndarray, grid_affine: np.ndarray
 ) -> np.ndarray:
     """Template coordinates for sampling the replacement on a (coarse) grid.
 
-    ``weight`` 1 follows the registration (``coords``), 0 follows ``brain_affine``.
+    ``weight`` 1 follows the registration (``coords``), 0 follows ``head_affine``.
 
     Parameters
     ----------
     coords : (I, J, K, 3) ndarray
     weight : (I, J, K) ndarray, see ``edge_weight``
-    brain_affine, grid_affine : (4, 4) ndarray
+    head_affine, grid_affine : (4, 4) ndarray
 
     Returns
     -------
@@ -82,7 +84,7 @@ def blended_coordinates(
     weight = weight[..., None]
     ijk = np.indices(coords.shape[:3], dtype=np.float32)
     world = np.moveaxis(np.tensordot(grid_affine[:3, :3], ijk, axes=1), 0, -1) + grid_affine[:3, 3]
-    affine_coords = world @ brain_affine[:3, :3].T + brain_affine[:3, 3]
+    affine_coords = world @ head_affine[:3, :3].T + head_affine[:3, 3]
     valid = coords[..., :1] > warp.OUTSIDE / 2
     blended = np.where(valid, affine_coords + weight * (coords - affine_coords), affine_coords)
     return blended.astype(np.float32)
@@ -178,16 +180,9 @@ def air_level(volume: np.ndarray) -> float:
 
 def seam_weights(replaced: np.ndarray, zooms) -> np.ndarray:
     """(N,) weight of the new value at each replaced voxel: 0 at the edge, 1 at ``SEAM_MM``."""
-    box = _box(replaced, margin=2)
+    box = bounding_box(replaced, margin=2)
     depth = ndi.distance_transform_edt(np.pad(replaced[box], 1), sampling=zooms)[1:-1, 1:-1, 1:-1]
     return np.clip(depth[replaced[box]] / SEAM_MM, 0.0, 1.0).astype(np.float32)
-
-
-def _box(mask: np.ndarray, margin: int) -> tuple[slice, ...]:
-    idx = np.argwhere(mask)
-    low = np.maximum(idx.min(0) - margin, 0)
-    high = np.minimum(idx.max(0) + margin + 1, mask.shape)
-    return tuple(slice(int(a), int(b)) for a, b in zip(low, high))
 
 
 def wrap_signal(volume: np.ndarray, wrap_band: np.ndarray, threshold: float, zooms) -> np.ndarray:
@@ -195,7 +190,7 @@ def wrap_signal(volume: np.ndarray, wrap_band: np.ndarray, threshold: float, zoo
 
     The rest of the band is already the image's own background and stays as it is.
     """
-    box = _box(wrap_band, margin=1)
+    box = bounding_box(wrap_band, margin=1)
     signal = np.zeros_like(wrap_band)
     signal[box] = wrap_band[box] & (ndi.uniform_filter(volume[box], size=3) > threshold)
     if not signal.any():
@@ -247,7 +242,7 @@ def reface_volume(
     noise = estimate_noise(volume, air, tissue)
     levels, mapped = fit_intensity_map(template_at_training, volume[training], noise_floor=noise.floor)
     signal = np.zeros(volume.shape, np.float32)
-    box = _box(replaced, margin=0)
+    box = bounding_box(replaced, margin=0)
     signal[replaced] = apply_intensity_map(template_at_voxels, levels, mapped)
     noisy = add_noise(signal[box], noise, rng, tissue_level)[replaced[box]]
     values = seam * noisy + (1.0 - seam) * volume[replaced]

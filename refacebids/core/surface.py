@@ -10,6 +10,8 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage as ndi
 
+from .geometry import bounding_box
+
 MOVED_MM = 2.0
 
 
@@ -107,7 +109,7 @@ def face_surface_moved(
     n_surface : int
         Number of original skin voxels in the region.
     """
-    box = _bounding_box(face_region, margin=int(np.ceil(15 / min(zooms))))
+    box = bounding_box(face_region, margin=int(np.ceil(15 / min(zooms))))
     original, refaced, face_region = original[box], refaced[box], face_region[box]
     if threshold is None:
         threshold = skin_threshold(original)
@@ -117,12 +119,3 @@ def face_surface_moved(
         return float("nan"), 0
     distance = ndi.distance_transform_edt(~after, sampling=zooms)
     return float(np.mean(distance[before] >= MOVED_MM)), int(before.sum())
-
-
-def _bounding_box(mask: np.ndarray, margin: int) -> tuple[slice, ...]:
-    if not mask.any():
-        return tuple(slice(0, n) for n in mask.shape)
-    idx = np.argwhere(mask)
-    low = np.maximum(idx.min(0) - margin, 0)
-    high = np.minimum(idx.max(0) + margin + 1, mask.shape)
-    return tuple(slice(int(a), int(b)) for a, b in zip(low, high))
