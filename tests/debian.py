@@ -1,0 +1,31 @@
+"""Install Debian packages a test needs (Chromium, SLURM) when they are missing.
+
+CI starts on a machine with nothing installed that the project does not install itself;
+tests that drive a real browser or scheduler bring their own packages through this.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+
+
+def ensure_packages(*packages: str, provides: str) -> str:
+    """Install ``packages`` with apt-get unless the ``provides`` command is on PATH.
+
+    Returns
+    -------
+    str
+        Absolute path of the ``provides`` command.
+    """
+    found = shutil.which(provides)
+    if found:
+        return found
+    env = {"DEBIAN_FRONTEND": "noninteractive", "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
+    subprocess.run(["apt-get", "update", "-qq"], check=True, env=env, capture_output=True)
+    subprocess.run(["apt-get", "install", "-y", "-qq", "--no-install-recommends", *packages],
+                   check=True, env=env, capture_output=True)
+    found = shutil.which(provides)
+    if not found:
+        raise RuntimeError(f"installing {' '.join(packages)} did not provide {provides}")
+    return found
