@@ -116,12 +116,14 @@ def test_output_inside_input_refused_by_command(bids_dataset, tmp_path, capsys):
     assert sorted(p for p in bids_dataset.rglob("*")) == before
 
 
-def test_group_level_writes_nothing(bids_dataset, tmp_path, capfd):
+def test_group_level_needs_participant_outputs(bids_dataset, tmp_path, capfd):
     assert main([str(bids_dataset), str(tmp_path / "out"), "group",
-                 "-w", str(tmp_path / "work")]) == 0
-    out, err = capfd.readouterr()
-    assert "group reports are not built yet" in out
-    assert err == ""
+                 "-w", str(tmp_path / "work")]) == 1
+    err = capfd.readouterr().err
+    assert err.splitlines() == [
+        f"refacebids: ERROR: {(tmp_path / 'out').resolve()} holds no refacebids output (no "
+        "dataset_description.json); run the participant level first"
+    ]
     assert not (tmp_path / "out").exists()
 
 
