@@ -17,7 +17,7 @@ from refacebids.cli.run import main
 
 OPTIONS = [
     "--participant-label", "--session-label", "--nprocs", "--omp-nthreads", "--work-dir",
-    "--output-layout", "--template", "--skip-bids-validation", "--version",
+    "--output-layout", "--template", "--skip-bids-validation", "--reports-only", "--version",
 ]
 
 
@@ -39,7 +39,7 @@ def test_all_options_parse():
         "in", "out", "participant", "--participant-label", "sub-01", "02",
         "--session-label", "ses-pre", "post", "--nprocs", "3", "--omp-nthreads", "2",
         "-w", "/tmp/w", "--output-layout", "release", "--template", "/tpl",
-        "--skip-bids-validation",
+        "--skip-bids-validation", "--reports-only",
     ])
     assert opts.participant_label == ["01", "02"]
     assert opts.session_label == ["pre", "post"]
@@ -48,6 +48,7 @@ def test_all_options_parse():
     assert opts.output_layout == "release"
     assert opts.template == "/tpl"
     assert opts.skip_bids_validation
+    assert opts.reports_only
 
 
 @pytest.mark.parametrize("args", [

@@ -27,7 +27,8 @@ from .qc import METRICS, out_of_range_columns
 __all__ = ["write_group_report"]
 
 GROUP_STYLE = """
-main { max-width: none; }
+body { width: max-content; min-width: 100%; }
+main { max-width: none; } main p, main ol, main h2, main details { max-width: 70em; }
 table.qc { font-size: 0.82em; }
 table.qc th { cursor: pointer; user-select: none; position: sticky; top: 2.2em; }
 table.qc th[aria-sort="ascending"]::after { content: " ▲"; }
