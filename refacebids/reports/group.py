@@ -2,7 +2,7 @@
 
 A static page that works from disk: styles and the few lines of sorting script are
 inline, nothing is fetched. Each row links to the image's section in its subject's
-report and shows the after/before renders as a thumbnail, so that a reviewer sees in
+report and shows the before/after renders as a thumbnail, so that a reviewer sees in
 seconds which images need a look and why.
 """
 
@@ -27,10 +27,10 @@ from .qc import METRICS, out_of_range_columns
 __all__ = ["write_group_report"]
 
 GROUP_STYLE = """
-body { width: max-content; min-width: 100%; }
 main { max-width: none; } main p, main ol, main h2, main details { max-width: 70em; }
+.scroll { overflow-x: auto; }
 table.qc { font-size: 0.82em; }
-table.qc th { cursor: pointer; user-select: none; position: sticky; top: 2.2em; }
+table.qc th { cursor: pointer; user-select: none; }
 table.qc th[aria-sort="ascending"]::after { content: " ▲"; }
 table.qc th[aria-sort="descending"]::after { content: " ▼"; }
 table.qc tr.flag td { background: #fff6f0; }
@@ -103,10 +103,10 @@ def write_group_report(out_html, rows, *, title: str, report_links: dict, thumbn
         f'<th title="{escape_attribute(label)}">{escape(name)}</th>'
         for name, label in (
             ("status", "pass, or flag: needs a human look"), ("subject", "subject"),
-            ("session", "session"), ("modality", "modality"), ("image", "refaced image"),
-            ("why", "why the image is flagged"),
-            *((metric.short, metric.label) for metric in METRICS),
+            ("session", "session"), ("modality", "modality"),
             ("renders", "skin renders before (top) and after (bottom)"),
+            ("image", "refaced image"), ("why", "why the image is flagged"),
+            *((metric.short, metric.label) for metric in METRICS),
         )
     )
     legend = "".join(f"<li><b>{escape(metric.short)}</b>: {escape(metric.label)}</li>"
@@ -138,12 +138,12 @@ Flagged images need a human look; the reason is in the row. Click a column title
 the page opens with flagged rows first.</p>
 {audit_section}
 <h2 id="images">Images</h2>
-<table class="qc" id="qc">
+<div class="scroll"><table class="qc" id="qc">
 <thead><tr>{header}</tr></thead>
 <tbody>
 {body}
 </tbody>
-</table>
+</table></div>
 <details><summary>What the columns mean</summary><ul>{legend}</ul></details>
 <h2 id="methods">Methods</h2>
 {paragraphs}
@@ -168,6 +168,7 @@ def _row(row, out_dir: Path, report: Path | None, thumbnail: Path | None) -> str
         f"<td>{escape(row.subject)}</td>",
         f"<td>{escape(row.session or 'n/a')}</td>",
         f"<td>{escape(row.modality)}</td>",
+        _thumbnail(row, out_dir, thumbnail),
         f'<td class="file">{image}</td>',
         f'<td class="why">{"<br>".join(escape(reason) for reason in row.reasons) or "—"}</td>',
     ]
@@ -178,13 +179,15 @@ def _row(row, out_dir: Path, report: Path | None, thumbnail: Path | None) -> str
         style = "num bad" if metric.column in out_of_range else "num"
         cells.append(f'<td class="{style}" data-value="{data}">'
                      f"{escape(format_value(value))}</td>")
-    if thumbnail is not None:
-        source = escape_attribute(_relative(thumbnail, out_dir))
-        cells.append(f'<td><img src="{source}" alt="renders of {escape_attribute(row.file)}" '
-                     'loading="lazy"></td>')
-    else:
-        cells.append("<td></td>")
     return f'<tr class="{row.status}">{"".join(cells)}</tr>'
+
+
+def _thumbnail(row, out_dir: Path, thumbnail: Path | None) -> str:
+    if thumbnail is None:
+        return "<td></td>"
+    source = escape_attribute(_relative(thumbnail, out_dir))
+    return (f'<td><img src="{source}" alt="renders of {escape_attribute(row.file)}" '
+            'loading="lazy"></td>')
 
 
 def _audit_section(audit) -> str:
