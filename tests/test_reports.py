@@ -225,18 +225,23 @@ def test_group_level_table(outputs, layout, no_engine):
     assert "Methods" in page and REFERENCES["icbm152"] in page
 
 
-def test_reports_only_rebuilds_the_same_pages_without_the_engine(outputs, no_engine):
-    out = outputs.derivatives
-    pages = {p.name: p.read_text() for p in out.glob("sub-*.html")}
-    citation = (out / "logs" / "CITATION.md").read_text()
-    for page in out.glob("sub-*.html"):
+@pytest.mark.parametrize("layout", ["derivatives", "release"])
+def test_reports_only_rebuilds_the_same_pages_without_the_engine(outputs, layout, no_engine):
+    out = getattr(outputs, layout)
+    reports = out if layout == "derivatives" else outputs.qc
+    pages = {p.name: p.read_text() for p in reports.glob("sub-*.html")}
+    citation = (reports / "logs" / "CITATION.md").read_text()
+    assert len(pages) == 2
+    for page in reports.glob("sub-*.html"):
         page.unlink()
-    (out / "logs" / "CITATION.md").unlink()
-    work_before = sorted(p.relative_to(outputs.work) for p in outputs.work.rglob("*"))
+    (reports / "logs" / "CITATION.md").unlink()
+    engine_files = sorted(p.relative_to(outputs.work) for p in outputs.work.rglob("*")
+                          if not p.is_relative_to(outputs.qc))
     assert _run(outputs.bids, out, "participant", "--reports-only", "-w", outputs.work) == 0
-    assert {p.name: p.read_text() for p in out.glob("sub-*.html")} == pages
-    assert (out / "logs" / "CITATION.md").read_text() == citation
-    assert sorted(p.relative_to(outputs.work) for p in outputs.work.rglob("*")) == work_before
+    assert {p.name: p.read_text() for p in reports.glob("sub-*.html")} == pages
+    assert (reports / "logs" / "CITATION.md").read_text() == citation
+    assert sorted(p.relative_to(outputs.work) for p in outputs.work.rglob("*")
+                  if not p.is_relative_to(outputs.qc)) == engine_files
     assert validate(out) == []
 
 
