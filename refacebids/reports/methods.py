@@ -71,16 +71,21 @@ def methods_paragraph(modality: str, template_name: str, *, version: str = __ver
         Plain text, lines wrapped; references as ``[n]`` (see :data:`REFERENCES`).
     """
     settings = {**CURRENT_REGISTRATION, **(registration or {})}
-    stages = list(settings.get("stages") or ["Rigid", "Affine", "SyN"])
-    rigid, rest = stages[0].lower(), " and ".join(stages[1:])
+    # Transform names as in a sentence; SyN keeps its capitals.
+    stages = [stage if stage == "SyN" else stage.lower()
+              for stage in settings.get("stages") or ["Rigid", "Affine", "SyN"]]
+    rigid, rest = stages[0], " and ".join(stages[1:])
     syn_iterations = settings.get("syn_iterations")
     iterations = (f" ({'x'.join(map(str, syn_iterations))} SyN iterations)"
                   if syn_iterations else "")
     checksum = f" (SHA-256 of its head image {template_sha256[:12]}...)" if template_sha256 else ""
+    # The embedded template and TemplateFlow's MNI152 templates are ICBM152 averages.
+    origin = (f", built from the ICBM152 average [{CITED['icbm152']}]"
+              if template_name.startswith("MNI152") else "")
     return f"""\
 Faces were replaced with *refacebids* {version} [{CITED['bidsapps']}, {CITED['nipype']}]. \
-The {modality} image was registered to the {template_name} full-head template, built \
-from the extended ICBM152 average [{CITED['icbm152']}]{checksum}, with \
+The {modality} image was registered to the {template_name} full-head \
+template{origin}{checksum}, with \
 {settings['software']} [{CITED['ants']}]: {rigid} at \
 {settings['rigid_resolution_mm']:g} mm from the {settings['initialisation']}, then \
 {rest} [{CITED['syn']}] at {settings['resolution_mm']:g} mm{iterations}, all with \
@@ -90,7 +95,8 @@ image; an intracranial region grown by {PROTECT_MARGIN_MM:g} mm was protected an
 byte-identical. The template face, placed by the head's affine alignment and raised by \
 {SKIN_OFFSET_MM:g} mm of soft tissue, was drawn in the image's own contrast (a lookup \
 table learned from the subject's tissue outside the face) with noise matching the \
-image's, and feathered into the surrounding tissue.
+image's, and feathered into the surrounding tissue. Every voxel outside the replaced \
+region was verified to be unchanged, and an output failing this check was withheld.
 """
 
 
