@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import json
 import os
 import re
@@ -150,6 +151,10 @@ def test_failed_image_does_not_stop_the_others(bids_dataset, tmp_path, stub_engi
     written = sorted(p.name for p in (tmp_path / "out").rglob("*_desc-refaced_*.nii.gz"))
     assert len(written) == 5
     assert "sub-01_ses-2_desc-refaced_T1w.nii.gz" not in written
+    # The subject report shows the failed image, flagged, with the same reason.
+    report = (tmp_path / "out" / "sub-01.html").read_text()
+    reason = lines[0].split(".nii.gz: ", 1)[1]
+    assert f"not refaced: {html.escape(reason, quote=False)}" in report
 
 
 def test_rerun_resumes_from_the_work_dir(bids_dataset, tmp_path, stub_engine, capfd):
