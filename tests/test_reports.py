@@ -113,9 +113,9 @@ def _stand_in_reface_wf(*, modality, template, omp_nthreads=1, name="reface_wf")
 
 def _dataset(root: Path) -> Path:
     root.mkdir(parents=True)
+    # No DatasetType, as in many datasets: a release of it must still validate.
     (root / "dataset_description.json").write_text(json.dumps({
-        "Name": "refacebids report test", "BIDSVersion": "1.10.0", "DatasetType": "raw",
-        "License": "CC-BY-SA-3.0",
+        "Name": "refacebids report test", "BIDSVersion": "1.10.0", "License": "CC-BY-SA-3.0",
         "Authors": ["IXI dataset, brain-development.org"]}))
     (root / "README").write_text("Heads from IXI and VTK, for the report tests of refacebids.\n")
     for source, rel in [(T1W_A, "sub-01/ses-1/anat/sub-01_ses-1_T1w.nii.gz"),

@@ -275,6 +275,9 @@ def prepare_release(bids_dir, output_dir, jobs) -> None:
             LOGGER.info("release: %s/ of the input is left out (it may hold faces)", folder)
 
     description = _read_json(bids_dir / "dataset_description.json")
+    # BIDS defaults DatasetType to raw, but the validator takes a description with
+    # GeneratedBy and no DatasetType for a derivative (and asks for SkullStripped).
+    description.setdefault("DatasetType", "raw")
     description["GeneratedBy"] = [
         entry for entry in description.get("GeneratedBy", []) if entry.get("Name") != "refacebids"
     ] + [generated_by()]
