@@ -174,7 +174,7 @@ def flag_reasons(provenance: dict) -> list[str]:
         ``RefacebidsProvenance`` of the image's sidecar.
     """
     value = {metric.column: _lookup(provenance, metric.keys) for metric in METRICS}
-    out = {column for column, number in value.items() if BY_COLUMN[column].out_of_range(number)}
+    out = _out_of_range(value)
     reasons = []
     if {"protected_voxels_changed", "changed_voxels_outside_replaced"} & out:
         changed = (value["protected_voxels_changed"] or 0) + (
@@ -208,8 +208,7 @@ def flag_reasons(provenance: dict) -> list[str]:
 
 def out_of_range_columns(row: QCRow) -> set[str]:
     """The metric columns of ``row`` whose value is outside its range."""
-    return {column for column, number in row.metrics.items()
-            if BY_COLUMN[column].out_of_range(number)}
+    return _out_of_range(row.metrics)
 
 
 def sort_rows(rows: list[QCRow]) -> list[QCRow]:
@@ -236,6 +235,10 @@ def qc_tsv(rows: list[QCRow]) -> str:
 def write_qc_tsv(path, rows: list[QCRow]) -> Path:
     """Write :func:`qc_tsv` of ``rows`` (flagged first) atomically."""
     return write_text(path, qc_tsv(sort_rows(rows)))
+
+
+def _out_of_range(values: dict) -> set[str]:
+    return {column for column, number in values.items() if BY_COLUMN[column].out_of_range(number)}
 
 
 def _lookup(provenance: dict, keys: tuple):
