@@ -57,8 +57,9 @@ def engine_steps(in_file: Path, work: Path) -> dict:
     before, after = nib.load(in_file), nib.load(out_file)
     b, a = before.get_fdata(dtype=np.float32), after.get_fdata(dtype=np.float32)
     replaced = np.asanyarray(nib.load(mask_file).dataobj) > 0
-    protected = np.asanyarray(nib.load(labels).dataobj) == PROTECTED
-    slices_before_after(b, a, before.affine, replaced, protected, work / "slices.png")
+    label_map = np.asanyarray(nib.load(labels).dataobj)
+    slices_before_after(b, a, before.affine, replaced, label_map == PROTECTED,
+                        work / "slices.png", labels=label_map)
     renders_before_after(b, a, before.affine, work / "renders.png")
     times["report"] = time.perf_counter() - start
     return times

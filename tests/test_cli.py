@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import json
 import os
 import re
@@ -17,7 +18,7 @@ from refacebids.cli.run import main
 
 OPTIONS = [
     "--participant-label", "--session-label", "--nprocs", "--omp-nthreads", "--work-dir",
-    "--output-layout", "--template", "--skip-bids-validation", "--version",
+    "--output-layout", "--template", "--skip-bids-validation", "--reports-only", "--version",
 ]
 
 
@@ -39,7 +40,7 @@ def test_all_options_parse():
         "in", "out", "participant", "--participant-label", "sub-01", "02",
         "--session-label", "ses-pre", "post", "--nprocs", "3", "--omp-nthreads", "2",
         "-w", "/tmp/w", "--output-layout", "release", "--template", "/tpl",
-        "--skip-bids-validation",
+        "--skip-bids-validation", "--reports-only",
     ])
     assert opts.participant_label == ["01", "02"]
     assert opts.session_label == ["pre", "post"]
@@ -48,6 +49,7 @@ def test_all_options_parse():
     assert opts.output_layout == "release"
     assert opts.template == "/tpl"
     assert opts.skip_bids_validation
+    assert opts.reports_only
 
 
 @pytest.mark.parametrize("args", [
@@ -116,12 +118,14 @@ def test_output_inside_input_refused_by_command(bids_dataset, tmp_path, capsys):
     assert sorted(p for p in bids_dataset.rglob("*")) == before
 
 
-def test_group_level_writes_nothing(bids_dataset, tmp_path, capfd):
+def test_group_level_needs_participant_outputs(bids_dataset, tmp_path, capfd):
     assert main([str(bids_dataset), str(tmp_path / "out"), "group",
-                 "-w", str(tmp_path / "work")]) == 0
-    out, err = capfd.readouterr()
-    assert "group reports are not built yet" in out
-    assert err == ""
+                 "-w", str(tmp_path / "work")]) == 1
+    err = capfd.readouterr().err
+    assert err.splitlines() == [
+        f"refacebids: ERROR: {(tmp_path / 'out').resolve()} holds no refacebids output (no "
+        "dataset_description.json); run the participant level first"
+    ]
     assert not (tmp_path / "out").exists()
 
 
@@ -147,6 +151,10 @@ def test_failed_image_does_not_stop_the_others(bids_dataset, tmp_path, stub_engi
     written = sorted(p.name for p in (tmp_path / "out").rglob("*_desc-refaced_*.nii.gz"))
     assert len(written) == 5
     assert "sub-01_ses-2_desc-refaced_T1w.nii.gz" not in written
+    # The subject report shows the failed image, flagged, with the same reason.
+    report = (tmp_path / "out" / "sub-01.html").read_text()
+    reason = lines[0].split(".nii.gz: ", 1)[1]
+    assert f"not refaced: {html.escape(reason, quote=False)}" in report
 
 
 def test_rerun_resumes_from_the_work_dir(bids_dataset, tmp_path, stub_engine, capfd):

@@ -44,6 +44,7 @@ EXPECTED_DERIVATIVES = {
     ".bidsignore",
     "sub-01.html",
     "sub-02.html",
+    "logs/CITATION.md",
     "sub-01/figures/sub-01_ses-1_desc-beforeafter_T1w.png",
     "sub-01/figures/sub-01_ses-1_desc-beforeafter_T2w.png",
     "sub-01/figures/sub-01_ses-1_trc-FDG_desc-beforeafter_pet.png",

@@ -11,9 +11,11 @@ import pytest
 from PIL import Image
 
 from refacebids.reports.html import write_subject_report
+from refacebids.core.warp import EARS, FACE, TEETH_JAW, WRAP_AIR
 from refacebids.reports.reportlets import (
     PANEL_PX,
     PROTECTED_RGB,
+    REPLACED_PARTS,
     REPLACED_RGB,
     renders_before_after,
     slices_before_after,
@@ -59,6 +61,23 @@ def test_slices_before_after_shows_both_outlines_and_the_change(refaced_head, tm
     assert changed.mean() > 0.01
     assert not changed[16:, : PANEL_PX // 4].any()  # back of the head (below the row label)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["slices.png"]  # no temporary left
+
+
+def test_slices_outline_each_part_of_the_replaced_region(refaced_head, tmp_path):
+    orig, refaced, affine, replaced, protected = refaced_head
+    # Four parts of the replaced box, along the first voxel axis.
+    labels = np.zeros(orig.shape, np.uint8)
+    idx = np.argwhere(replaced)
+    quarters = np.quantile(idx[:, 0], [0.25, 0.5, 0.75])
+    part = np.searchsorted(quarters, idx[:, 0])
+    labels[tuple(idx.T)] = np.array([FACE, EARS, TEETH_JAW, WRAP_AIR], np.uint8)[part]
+    out = tmp_path / "slices.png"
+    slices_before_after(orig, refaced, affine, replaced, protected, out, labels=labels)
+    # Sagittal and axial panels: the legend (top right) is not counted.
+    image = np.asarray(Image.open(out).convert("RGB")).astype(int)[:, : 2 * PANEL_PX]
+    for _, _, colour in REPLACED_PARTS:
+        assert (np.abs(image - colour).sum(axis=2) == 0).sum() > 50, colour
+    assert (np.abs(image - PROTECTED_RGB).sum(axis=2) == 0).sum() > 200
 
 
 def test_slices_are_shown_in_ras_whatever_the_storage(refaced_head, tmp_path):

@@ -115,6 +115,14 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="do not check the input with the BIDS validator",
     )
+    parser.add_argument(
+        "--reports-only",
+        "--reports_only",
+        dest="reports_only",
+        action="store_true",
+        help="rebuild the subject reports (participant) from the outputs already written, "
+        "without refacing; the group level always only reads the outputs",
+    )
     parser.add_argument("--version", action="version", version=f"refacebids {__version__}")
     return parser
 

@@ -42,10 +42,12 @@ def main(argv=None) -> int:
 
     with _stderr_for_errors_only() as errors:
         _setup_logging()
-        if opts.analysis_level == "group":
-            LOGGER.info("group level: group reports are not built yet; nothing to do")
-            return 0
         try:
+            if opts.analysis_level == "group" or opts.reports_only:
+                from .reports import run_reports
+
+                run_reports(opts, bids_dir, output_dir, work_dir)
+                return 0
             failures = _run_participant(opts, bids_dir, output_dir, work_dir)
         except Exception as exc:  # a dataset-level problem: no image was processed
             # A traceback (to stdout) only for what is not a plain user error.
@@ -60,16 +62,15 @@ def main(argv=None) -> int:
 def _run_participant(opts, bids_dir, output_dir, work_dir) -> dict:
     """Reface the selected images; return ``{relpath: reason}`` of those that failed."""
     from ..templates import load_template
-    from ..utils.bids import collect_images, sidecar_path
+    from ..utils.bids import collect_images
     from ..workflows.base import ImageBuildError, image_wf_name, init_refacebids_wf, qc_dir
-    from ..reports.subject import write_subject_reports
+    from ..reports.build import build_subject_reports
     from ..workflows.outputs import (
         finalize_release,
         prepare_release,
         refaced_path,
         write_derivatives_description,
     )
-    from ..reports.methods import methods_paragraph
 
     command_line = " ".join(["refacebids", *map(str, opts.argv)])
 
@@ -105,6 +106,7 @@ def _run_participant(opts, bids_dir, output_dir, work_dir) -> dict:
                 omp_nthreads=opts.omp_nthreads,
                 output_layout=opts.output_layout,
                 bids_dir=bids_dir,
+                command_line=command_line,
             )
             break
         except ImageBuildError as exc:
@@ -131,17 +133,9 @@ def _run_participant(opts, bids_dir, output_dir, work_dir) -> dict:
 
     if opts.output_layout == "release":
         finalize_release(output_dir, sorted(failures))
-    all_jobs = [*jobs, *(job for job in selected if job.relpath in failures and job not in jobs)]
-    reports = write_subject_reports(
-        derivatives_dir,
-        derivatives_dir,
-        all_jobs,
-        {job.relpath: sidecar_path(refaced_path(job, output_dir, opts.output_layout))
-         for job in jobs if job.relpath not in failures},
-        failures,
-        command_line,
-        {job.relpath: methods_paragraph(job.suffix, template.name) for job in all_jobs},
-    )
+    # Every selected image has a section: refaced, or failed with its reason.
+    reports = build_subject_reports(selected, output_dir, derivatives_dir, opts.output_layout,
+                                    failures=failures, command_line=command_line)
     for report in reports:
         LOGGER.info("report: %s", report)
     refaced = sum(job.relpath not in failures for job in jobs)

@@ -59,6 +59,7 @@ class _WriteRefacedInputSpec(BaseInterfaceInputSpec):
     extra_metadata = traits.Dict(desc="fields added to the sidecar (Sources, SkullStripped)")
     start_time = traits.Str(mandatory=True, desc="ISO 8601 time the image was started")
     out_path = traits.Str(mandatory=True, desc="absolute destination path of the image")
+    command_line = traits.Str(desc="the command that refaced the image, for the provenance")
 
 
 class _WriteRefacedOutputSpec(TraitedSpec):
@@ -88,6 +89,7 @@ class WriteRefaced(SimpleInterface):
             out_file=out_path,
             start_time=self.inputs.start_time,
             end_time=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            command_line=self.inputs.command_line or None,
         )
         self._results["out_file"] = str(out_path)
         self._results["out_json"] = str(write_json(sidecar_path(out_path), sidecar))

@@ -40,11 +40,13 @@ class FaceReportlets(SimpleInterface):
         before = load_head_image(self.inputs.in_file)
         after = load_head_image(self.inputs.out_file)
         replaced = np.asanyarray(nib.load(self.inputs.mask_file).dataobj) > 0
-        protected = np.asanyarray(nib.load(self.inputs.labels_file).dataobj) == PROTECTED
+        labels = np.asanyarray(nib.load(self.inputs.labels_file).dataobj)
+        protected = labels == PROTECTED
         slices = os.path.join(runtime.cwd, "slices.png")
         renders = os.path.join(runtime.cwd, "renders.png")
         slices_before_after(
-            before.reference(), after.reference(), before.affine, replaced, protected, slices
+            before.reference(), after.reference(), before.affine, replaced, protected, slices,
+            labels=labels,
         )
         renders_before_after(before.reference(), after.reference(), before.affine, renders)
         self._results["reportlets"] = [slices, renders]

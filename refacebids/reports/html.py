@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import html
 import json
+import re
 from datetime import datetime, timezone
 from pathlib import Path
 
 from refacebids.utils.atomic import write_text
 
-__all__ = ["write_subject_report"]
+__all__ = ["STYLE", "escape", "escape_attribute", "format_value", "html_table",
+           "paragraphs_html", "status_badge", "write_subject_report"]
 
 STYLE = """
 body { font-family: -apple-system, "Segoe UI", Helvetica, Arial, sans-serif; margin: 0;
@@ -27,12 +29,16 @@ th { background: #eef2f5; }
 pre { background: #f0f0f0; padding: 0.7em; overflow-x: auto; white-space: pre-wrap;
       word-break: break-all; font-size: 0.85em; }
 .warning { color: #a94400; font-weight: bold; }
+.status { display: inline-block; padding: 0 0.5em; border-radius: 3px; font-weight: bold; }
+.status-flag { background: #fbe3d4; color: #a94400; }
+.status-pass { background: #dff0d8; color: #2b6b2b; }
 details summary { cursor: pointer; color: #2c3e50; }
 footer { font-size: 0.8em; color: #777; margin-top: 3em; }
 """
 
 
-def write_subject_report(out_html, subject: str, sections: list[dict]) -> Path:
+def write_subject_report(out_html, subject: str, sections: list[dict],
+                         created: str | None = None) -> Path:
     """Write one subject's report: a section per refaced image.
 
     Parameters
@@ -42,11 +48,16 @@ def write_subject_report(out_html, subject: str, sections: list[dict]) -> Path:
     subject : str
         Participant label, with or without the ``sub-`` prefix.
     sections : list of dict
-        Each with keys ``title`` (str), ``reportlets`` (list of PNG paths relative to
-        the report), ``metrics`` (dict, nested dicts allowed; a ``warnings`` list is
-        highlighted), ``command_line`` (str), ``versions`` (dict name -> version) and
-        ``methods`` (str, plain text paragraphs separated by blank lines). Missing keys
-        are left out of the section.
+        Each with keys ``title`` (str), ``anchor`` (str, the section's id), ``status``
+        (``"pass"`` or ``"flag"``), ``reasons`` (list of str: why the image needs a
+        look), ``reportlets`` (list of PNG paths relative to the report), ``metrics``
+        (dict, nested dicts allowed; a ``warnings`` list is highlighted), ``details``
+        (dict, shown folded), ``command_line`` (str), ``versions`` (dict name ->
+        version) and ``methods`` (str, plain text paragraphs separated by blank
+        lines). Missing keys are left out of the section.
+    created : str, optional
+        When the report's content dates from, for the footer; by default the time of
+        writing.
 
     Returns
     -------
@@ -54,27 +65,30 @@ def write_subject_report(out_html, subject: str, sections: list[dict]) -> Path:
         ``out_html``.
     """
     label = subject if subject.startswith("sub-") else f"sub-{subject}"
-    anchors = [f"section-{index}" for index in range(len(sections))]
+    anchors = [section.get("anchor") or f"section-{index}"
+               for index, section in enumerate(sections)]
     navigation = "".join(
-        f'<a href="#{anchor}">{_text(section.get("title", anchor))}</a>'
+        f'<a href="#{anchor}">{escape(section.get("title", anchor))}</a>'
         for anchor, section in zip(anchors, sections)
     )
     body = "\n".join(_section(anchor, section) for anchor, section in zip(anchors, sections))
-    created = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    if any("status" in section for section in sections):
+        body = _summary(anchors, sections) + body
+    created = created or datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     document = f"""<!DOCTYPE html>
 <html lang="en">
 <head>
 <meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
-<title>refacebids: {_text(label)}</title>
+<title>refacebids: {escape(label)}</title>
 <style>{STYLE}</style>
 </head>
 <body>
 <nav>{navigation}</nav>
 <main>
-<h1>refacebids report: {_text(label)}</h1>
+<h1>refacebids report: {escape(label)}</h1>
 {body if sections else "<p>No images were refaced for this subject.</p>"}
-<footer>Created {created} by refacebids.</footer>
+<footer>Created {escape(created)} by refacebids.</footer>
 </main>
 </body>
 </html>
@@ -83,43 +97,75 @@ def write_subject_report(out_html, subject: str, sections: list[dict]) -> Path:
 
 
 def _section(anchor: str, section: dict) -> str:
-    parts = [f'<section id="{anchor}">', f"<h2>{_text(section.get('title', ''))}</h2>"]
-    warnings = (section.get("metrics") or {}).get("warnings") or []
-    parts += [f'<p class="warning">Warning: {_text(w)}</p>' for w in warnings]
+    parts = [f'<section id="{anchor}">', f"<h2>{escape(section.get('title', ''))}</h2>"]
+    if section.get("status"):
+        parts.append(f"<p>{status_badge(section['status'])}</p>")
+    warnings = [*(section.get("reasons") or []),
+                *((section.get("metrics") or {}).get("warnings") or [])]
+    parts += [f'<p class="warning">Warning: {escape(w)}</p>' for w in warnings]
     for path in section.get("reportlets") or []:
         name = Path(path).stem
         parts.append(
-            f'<figure><img src="{_attribute(Path(path).as_posix())}" alt="{_attribute(name)}" '
-            f'loading="lazy"><figcaption>{_text(name)}</figcaption></figure>'
+            f'<figure><img src="{escape_attribute(Path(path).as_posix())}" '
+            f'alt="{escape_attribute(name)}" '
+            f'loading="lazy"><figcaption>{escape(name)}</figcaption></figure>'
         )
     if section.get("metrics"):
-        parts += ["<h3>Quality metrics</h3>", _table(section["metrics"])]
+        parts += ["<h3>Quality metrics</h3>", html_table(section["metrics"])]
+    if section.get("details"):
+        parts += ["<details><summary>Registration, template and checksums</summary>",
+                  html_table(section["details"]), "</details>"]
     if section.get("methods"):
         parts.append("<h3>Methods</h3>")
-        parts += [f"<p>{_text(p.strip())}</p>" for p in section["methods"].split("\n\n") if p.strip()]
+        parts.append(paragraphs_html(section["methods"]))
     if section.get("command_line") or section.get("versions"):
         parts.append("<details><summary>Provenance</summary>")
         if section.get("command_line"):
-            parts.append(f"<h3>Command line</h3><pre>{_text(section['command_line'])}</pre>")
+            parts.append(f"<h3>Command line</h3><pre>{escape(section['command_line'])}</pre>")
         if section.get("versions"):
-            parts += ["<h3>Software versions</h3>", _table(section["versions"])]
+            parts += ["<h3>Software versions</h3>", html_table(section["versions"])]
         parts.append("</details>")
     parts.append("</section>")
     return "\n".join(parts)
 
 
-def _table(values: dict) -> str:
+def _summary(anchors: list[str], sections: list[dict]) -> str:
+    """At a glance: one line per image with its status and what to look at."""
+    rows = "".join(
+        f'<tr><td><a href="#{anchor}">{escape(section.get("title", anchor))}</a></td>'
+        f'<td>{status_badge(section.get("status", ""))}</td>'
+        f'<td>{"<br>".join(escape(r) for r in section.get("reasons") or []) or "—"}</td></tr>'
+        for anchor, section in zip(anchors, sections)
+    )
+    return f"<table><tr><th>image</th><th>status</th><th>why</th></tr>{rows}</table>\n"
+
+
+def paragraphs_html(text: str) -> str:
+    """Plain-text paragraphs (blank-line separated) as HTML; ``*words*`` in italics."""
+    return "".join(
+        "<p>" + re.sub(r"\*([^*]+)\*", r"<em>\1</em>", escape(paragraph.strip())) + "</p>"
+        for paragraph in text.split("\n\n") if paragraph.strip()
+    )
+
+
+def status_badge(status: str) -> str:
+    return f'<span class="status status-{escape_attribute(status)}">{escape(status)}</span>'
+
+
+def html_table(values: dict) -> str:
     """Two-column table; nested dicts become nested tables, other values JSON-like text."""
     rows = []
     for key, value in values.items():
         if key == "warnings":
             continue
-        shown = _table(value) if isinstance(value, dict) else _text(_format(value))
-        rows.append(f"<tr><th>{_text(key)}</th><td>{shown}</td></tr>")
+        shown = html_table(value) if isinstance(value, dict) else escape(format_value(value))
+        rows.append(f"<tr><th>{escape(key)}</th><td>{shown}</td></tr>")
     return f"<table>{''.join(rows)}</table>"
 
 
-def _format(value) -> str:
+def format_value(value) -> str:
+    if value is None:
+        return "n/a"
     if isinstance(value, float):
         return f"{value:.4g}"
     if isinstance(value, str):
@@ -127,9 +173,9 @@ def _format(value) -> str:
     return json.dumps(value, default=str)
 
 
-def _text(value) -> str:
+def escape(value) -> str:
     return html.escape(str(value), quote=False)
 
 
-def _attribute(value) -> str:
+def escape_attribute(value) -> str:
     return html.escape(str(value), quote=True)

@@ -11,13 +11,24 @@ import numpy as np
 from PIL import Image, ImageDraw
 from scipy import ndimage as ndi
 
+from refacebids.core.warp import CHEEKS_TEMPLES, EARS, FACE, FOREHEAD, TEETH_JAW, WRAP_AIR
 from refacebids.reports.render import render_views, skin_threshold
 from refacebids.utils.atomic import atomic_open
 
 PANEL_PX = 256
-REPLACED_RGB = (255, 64, 32)  # replaced (refaced) voxels: orange-red
+REPLACED_RGB = (255, 64, 32)  # replaced (refaced) voxels, or their face part: orange-red
 PROTECTED_RGB = (40, 200, 255)  # protected brain: cyan
-GRAY_LEVELS = 254  # palette indices 0..253 are gray, 254 and 255 the two outlines
+#: Parts of the replaced region outlined apart when the labels are given:
+#: (legend, refacing labels, outline colour).
+REPLACED_PARTS = (
+    ("face", (FOREHEAD, FACE, CHEEKS_TEMPLES), REPLACED_RGB),
+    ("ears", (EARS,), (255, 225, 0)),
+    ("teeth, jaw", (TEETH_JAW,), (235, 70, 235)),
+    ("wrap band", (WRAP_AIR,), (70, 230, 70)),
+)
+# Palette: indices below GRAY_LEVELS are gray, then one per replaced part, then protected.
+GRAY_LEVELS = 256 - len(REPLACED_PARTS) - 1
+PROTECTED_INDEX = 255
 
 
 def slices_before_after(
@@ -27,14 +38,16 @@ def slices_before_after(
     mask_replaced: np.ndarray,
     mask_protected: np.ndarray,
     out_png,
+    labels: np.ndarray | None = None,
 ) -> None:
     """Sagittal, axial and coronal slices through the face, before (top) and after (bottom).
 
     The slices cross at the centroid of the replaced region; the replaced region is
-    outlined in orange-red and the protected region in cyan. Slices are shown in RAS
-    orientation whatever the storage order: sagittal with anterior to the right,
-    axial and coronal with the subject's right on the right of the screen
-    (neurological convention), superior / anterior up.
+    outlined in orange-red, or, when ``labels`` are given, each of its parts in its
+    colour (face, ears, teeth and jaw, wrap band: :data:`REPLACED_PARTS`), and the
+    protected region in cyan. Slices are shown in RAS orientation whatever the storage
+    order: sagittal with anterior to the right, axial and coronal with the subject's
+    right on the right of the screen (neurological convention), superior / anterior up.
 
     Parameters
     ----------
@@ -46,12 +59,22 @@ def slices_before_after(
         Voxels replaced by refacing; voxels refacing must not touch.
     out_png : path-like
         Written atomically.
+    labels : (I, J, K) uint8 array, optional
+        Refacing labels on the image grid (:mod:`refacebids.core.warp`).
     """
     # flips and transposes to the nearest RAS orientation are views: nothing is copied
     ornt = nib.orientations.io_orientation(affine)
+    # Index of each replaced voxel's outline colour (0: not replaced).
+    parts = np.asarray(mask_replaced, bool).astype(np.uint8)
+    if labels is not None:
+        # One lookup over the volume; a replaced voxel of no part counts as face.
+        part_of_label = np.ones(256, np.uint8)
+        for index, (_, part_labels, _) in enumerate(REPLACED_PARTS, start=1):
+            part_of_label[list(part_labels)] = index
+        parts *= part_of_label[np.asarray(labels, np.uint8)]
     orig_ras, refaced_ras, replaced_ras, protected_ras = (
         nib.orientations.apply_orientation(np.asarray(a), ornt)
-        for a in (orig, refaced, mask_replaced, mask_protected)
+        for a in (orig, refaced, parts, mask_protected)
     )
     zooms = np.empty(3)
     zooms[ornt[:, 0].astype(int)] = np.linalg.norm(affine[:3, :3], axis=0)  # in RAS axis order
@@ -80,14 +103,17 @@ def slices_before_after(
             image, pixel_mm = cut(values, plane)
             gray = np.clip((np.asarray(image, np.float32) - low) / (high - low), 0, 1) * (GRAY_LEVELS - 1)
             indexed = gray.astype(np.uint8)
-            indexed[_outline(cut(protected_ras, plane)[0].astype(bool))] = GRAY_LEVELS + 1
-            indexed[_outline(cut(replaced_ras, plane)[0].astype(bool))] = GRAY_LEVELS
+            indexed[_outline(cut(protected_ras, plane)[0].astype(bool))] = PROTECTED_INDEX
+            replaced_slice = cut(replaced_ras, plane)[0]
+            for index in range(1, len(REPLACED_PARTS) + 1):
+                indexed[_outline(replaced_slice == index)] = GRAY_LEVELS + index - 1
             panels.append(_fit_panel(indexed, pixel_mm))
         rows.append(np.hstack(panels))
     indexed_figure = np.ascontiguousarray(np.vstack(rows))
     canvas = Image.frombytes("P", indexed_figure.shape[::-1], indexed_figure.tobytes())
     palette = np.repeat(np.linspace(0, 255, GRAY_LEVELS).astype(np.uint8)[:, None], 3, axis=1)
-    palette = np.vstack([palette, [REPLACED_RGB, PROTECTED_RGB]]).astype(np.uint8)
+    outlines = [rgb for _, _, rgb in REPLACED_PARTS] + [PROTECTED_RGB]
+    palette = np.vstack([palette, outlines]).astype(np.uint8)
     canvas.putpalette(palette.ravel().tolist())
     white = GRAY_LEVELS - 1
     draw = ImageDraw.Draw(canvas)
@@ -96,8 +122,10 @@ def slices_before_after(
     for panel in (1, 2):  # axial and coronal
         draw.text((panel * PANEL_PX + 4, PANEL_PX - 14), "L", fill=white)
         draw.text(((panel + 1) * PANEL_PX - 12, PANEL_PX - 14), "R", fill=white)
-    draw.text((3 * PANEL_PX - 66, 4), "replaced", fill=GRAY_LEVELS)
-    draw.text((3 * PANEL_PX - 66, 16), "protected", fill=GRAY_LEVELS + 1)
+    legend = ([name for name, _, _ in REPLACED_PARTS] if labels is not None else ["replaced"])
+    for line, name in enumerate(legend):
+        draw.text((3 * PANEL_PX - 66, 4 + 12 * line), name, fill=GRAY_LEVELS + line)
+    draw.text((3 * PANEL_PX - 66, 4 + 12 * len(legend)), "protected", fill=PROTECTED_INDEX)
     _save_png(canvas, out_png)
 
 

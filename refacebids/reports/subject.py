@@ -1,20 +1,23 @@
-"""Per-subject HTML reports assembled from the written derivatives."""
+"""Per-subject HTML reports assembled from the written derivatives.
+
+A report is made only from what the participant level wrote: the QC rows read from the
+sidecars (:mod:`refacebids.reports.qc`) and the figures in ``sub-<L>/figures``. The
+same outputs therefore give the same page, whenever it is (re)built.
+"""
 
 from __future__ import annotations
 
-import json
 from collections import defaultdict
 from pathlib import Path
 
-from ..utils.provenance import PROVENANCE_KEY
 from .html import write_subject_report
+from .methods import image_methods
+from .qc import METRICS
 
 
-def write_subject_reports(
-    report_dir, figures_root, jobs, refaced_sidecars: dict, failures: dict, command_line: str,
-    methods: dict,
-) -> list[Path]:
-    """Write ``report_dir/sub-<L>.html`` for every subject of ``jobs``.
+def write_subject_reports(report_dir, figures_root, rows, *, failures=None,
+                          command_line=None) -> list[Path]:
+    """Write ``report_dir/sub-<L>.html`` for every subject of ``rows``.
 
     Parameters
     ----------
@@ -22,49 +25,73 @@ def write_subject_reports(
         Where the reports go (beside ``sub-<L>/figures``).
     figures_root : path-like
         Folder holding ``sub-<L>/figures``.
-    jobs : list of refacebids.utils.bids.ImageJob
-    refaced_sidecars : dict
-        ``relpath -> sidecar path`` of each refaced image.
-    failures : dict
-        ``relpath -> reason`` of the images that were not refaced.
-    command_line : str
-    methods : dict
-        ``relpath -> methods paragraph``.
+    rows : list of refacebids.reports.qc.QCRow
+        One per selected image, in the order the sections should appear.
+    failures : dict, optional
+        ``source relpath -> reason`` of images that failed in this run: the reason
+        replaces the generic "no refaced image" one.
+    command_line : str, optional
+        Shown for images whose sidecar did not record the command that refaced them.
     """
     report_dir, figures_root = Path(report_dir), Path(figures_root)
     by_subject = defaultdict(list)
-    for job in jobs:
-        by_subject[job.subject].append(job)
+    for row in rows:
+        by_subject[row.subject].append(row)
     written = []
-    for subject, subject_jobs in sorted(by_subject.items()):
+    for subject, subject_rows in sorted(by_subject.items()):
         sections = [
-            _section(job, report_dir, figures_root, refaced_sidecars, failures, command_line, methods)
-            for job in subject_jobs
+            _section(row, report_dir, figures_root, failures or {}, command_line)
+            for row in subject_rows
         ]
-        written.append(write_subject_report(report_dir / f"sub-{subject}.html", subject, sections))
+        # The outputs' own time, not the time of writing: a rebuilt report is the same.
+        end_times = [row.provenance["EndTime"] for row in subject_rows
+                     if row.provenance.get("EndTime")]
+        written.append(write_subject_report(
+            report_dir / f"sub-{subject}.html", subject, sections,
+            created=f"from outputs written up to {max(end_times)}" if end_times else None,
+        ))
     return written
 
 
-def _section(job, report_dir, figures_root, refaced_sidecars, failures, command_line, methods):
-    section = {"title": job.relpath, "command_line": command_line}
-    if job.relpath in failures:
-        section["metrics"] = {"warnings": [f"not refaced: {failures[job.relpath]}"]}
+def reportlet_paths(figures_root, row) -> list[Path]:
+    """The figures of ``row`` in ``figures_root/sub-<L>/figures``, sorted by name."""
+    figures = Path(figures_root) / f"sub-{row.subject}" / "figures"
+    stem = Path(row.source).name.split(".")[0].rsplit("_", 1)[0]
+    return sorted(figures.glob(f"{stem}_desc-*_{row.modality}.png"))
+
+
+def section_anchor(row) -> str:
+    """The id of ``row``'s section in its subject report: its input file name's stem."""
+    return Path(row.source).name.split(".")[0]
+
+
+def _section(row, report_dir, figures_root, failures, command_line) -> dict:
+    section = {"title": row.source, "anchor": section_anchor(row), "status": row.status,
+               "reasons": list(row.reasons)}
+    if not row.provenance:
+        if row.source in failures:
+            section["reasons"] = [f"not refaced: {failures[row.source]}"]
         return section
-    sidecar = json.loads(Path(refaced_sidecars[job.relpath]).read_text())
-    provenance = sidecar[PROVENANCE_KEY]
-    figures = figures_root / f"sub-{job.subject}" / "figures"
-    stem = Path(job.relpath).name.split(".")[0].rsplit("_", 1)[0]
+    provenance = row.provenance
     section["reportlets"] = [
-        str(path.relative_to(report_dir)) if path.is_relative_to(report_dir) else str(path)
-        for path in sorted(figures.glob(f"{stem}_desc-*_{job.suffix}.png"))
+        path.relative_to(report_dir).as_posix() if path.is_relative_to(report_dir) else str(path)
+        for path in reportlet_paths(figures_root, row)
     ]
     section["metrics"] = {
-        "protected voxels changed": provenance["ProtectedVoxelsChanged"],
-        "replaced voxels": provenance["ReplacedVoxels"],
-        **provenance.get("Quality", {}),
-        "registration": provenance["Registration"],
-        "warnings": provenance["Warnings"],
+        "refaced image": row.file,
+        **{metric.label: row.metrics.get(metric.column) for metric in METRICS},
     }
-    section["versions"] = provenance["Software"]
-    section["methods"] = methods.get(job.relpath, "")
+    registration = dict(provenance.get("Registration") or {})
+    registration.pop("composite", None)  # a work-directory path, not a setting
+    section["details"] = {
+        "registration": registration,
+        "template": provenance.get("Template"),
+        "checksums (SHA-256)": {"input": provenance.get("InputSHA256"),
+                                "output": provenance.get("OutputSHA256")},
+        "started": provenance.get("StartTime"),
+        "finished": provenance.get("EndTime"),
+    }
+    section["command_line"] = provenance.get("CommandLine") or command_line
+    section["versions"] = provenance.get("Software")
+    section["methods"] = image_methods(row.modality, provenance)
     return section

@@ -39,7 +39,8 @@ def software_versions() -> dict:
     return versions
 
 
-def refaced_sidecar(*, metadata, metrics, in_file, out_file, start_time, end_time) -> dict:
+def refaced_sidecar(*, metadata, metrics, in_file, out_file, start_time, end_time,
+                    command_line=None) -> dict:
     """Sidecar of a refaced image: the original metadata plus a provenance object.
 
     Parameters
@@ -52,10 +53,13 @@ def refaced_sidecar(*, metadata, metrics, in_file, out_file, start_time, end_tim
         Original and refaced image, checksummed as they lie on disk.
     start_time, end_time : str
         ISO 8601 times.
+    command_line : str, optional
+        The command that refaced the image, as typed (shown in the reports).
     """
     template = metrics.get("template", {})
     provenance = {
         "Software": software_versions(),
+        "CommandLine": command_line,
         "Template": {"Name": template.get("name"), "SHA256": template.get("sha256")},
         "Registration": metrics.get("registration"),
         "ProtectedVoxelsChanged": metrics.get("protected_voxels_changed"),

@@ -26,7 +26,7 @@ class ImageBuildError(RuntimeError):
 
 
 def init_refacebids_wf(*, jobs, output_dir, work_dir, template, omp_nthreads,
-                       output_layout, bids_dir, name="refacebids_wf"):
+                       output_layout, bids_dir, command_line="", name="refacebids_wf"):
     """Reface every selected image and write the results.
 
     Workflow Graph
@@ -62,6 +62,8 @@ def init_refacebids_wf(*, jobs, output_dir, work_dir, template, omp_nthreads,
     output_layout : {"derivatives", "release"}
     bids_dir : Path
         Input dataset.
+    command_line : str
+        The command being run, recorded in each sidecar's provenance.
     name : str
         Workflow name (keep it stable: the cache in ``work_dir`` is found by name).
 
@@ -93,13 +95,14 @@ def init_refacebids_wf(*, jobs, output_dir, work_dir, template, omp_nthreads,
                 template=template,
                 omp_nthreads=omp_nthreads,
                 output_layout=output_layout,
+                command_line=command_line,
             )
         ])
     return workflow
 
 
 def init_image_wf(*, job, output_dir, derivatives_dir, template, omp_nthreads,
-                  output_layout, name=None):
+                  output_layout, command_line="", name=None):
     """Reface one image and write its outputs.
 
     Parameters
@@ -107,7 +110,7 @@ def init_image_wf(*, job, output_dir, derivatives_dir, template, omp_nthreads,
     job : refacebids.utils.bids.ImageJob
     output_dir, derivatives_dir : Path
         See :func:`refacebids.workflows.outputs.init_outputs_wf`.
-    template, omp_nthreads, output_layout
+    template, omp_nthreads, output_layout, command_line
         See :func:`init_refacebids_wf`.
     name : str, optional
         Defaults to a name derived from the image's file name (:attr:`ImageJob.node_name`),
@@ -142,6 +145,7 @@ def init_image_wf(*, job, output_dir, derivatives_dir, template, omp_nthreads,
         derivatives_dir=derivatives_dir,
         output_layout=output_layout,
         template_name=template.name,
+        command_line=command_line,
     )
 
     workflow.connect([

@@ -46,7 +46,8 @@ BIDS_VERSION = "1.10.0"
 CODE_URL = "https://github.com/refacebids/refacebids"
 #: Files that BIDS has no rule for yet, listed in the output's ``.bidsignore``:
 #: CT is BEP024, transforms BEP014, and masks are only defined for anatomical MRI.
-DERIVATIVES_BIDSIGNORE = ("sub-*.html", "**/figures", "*_xfm.h5", "**/pet/*_defacemask.*", "**/ct")
+DERIVATIVES_BIDSIGNORE = ("sub-*.html", "**/figures", "logs", "*_xfm.h5", "**/pet/*_defacemask.*",
+                          "**/ct")
 RELEASE_BIDSIGNORE = ("**/ct",)
 #: Top-level folders of the input never copied into a release: they may hold the
 #: original faces (DICOMs in sourcedata, FreeSurfer T1.mgz in derivatives).
@@ -54,7 +55,7 @@ RELEASE_EXCLUDED_FOLDERS = ("sourcedata", "derivatives")
 
 
 def init_outputs_wf(*, job, output_dir, derivatives_dir, output_layout, template_name,
-                    name="outputs_wf"):
+                    command_line="", name="outputs_wf"):
     """Write the results of one refaced image into the output dataset.
 
     Workflow Graph
@@ -83,6 +84,8 @@ def init_outputs_wf(*, job, output_dir, derivatives_dir, output_layout, template
     output_layout : {"derivatives", "release"}
     template_name : str
         Name of the template, used in the transform's ``from-`` entity.
+    command_line : str
+        The command being run, recorded in the sidecar's provenance.
     name : str
         Workflow name.
 
@@ -137,7 +140,7 @@ def init_outputs_wf(*, job, output_dir, derivatives_dir, output_layout, template
 
     ds_image = pe.Node(
         WriteRefaced(out_path=str(image_path), metadata=metadata,
-                     extra_metadata=extra_metadata),
+                     extra_metadata=extra_metadata, command_line=command_line),
         name="ds_image",
         run_without_submitting=True,
     )
@@ -224,7 +227,7 @@ def write_derivatives_description(derivatives_dir, bids_dir, *, with_ct=False) -
     if source.get("License"):
         description["License"] = source["License"]
     write_json(derivatives_dir / "dataset_description.json", description)
-    _add_bidsignore(derivatives_dir, DERIVATIVES_BIDSIGNORE if with_ct
+    add_bidsignore(derivatives_dir, DERIVATIVES_BIDSIGNORE if with_ct
                     else DERIVATIVES_BIDSIGNORE[:-1])
 
 
@@ -272,12 +275,15 @@ def prepare_release(bids_dir, output_dir, jobs) -> None:
             LOGGER.info("release: %s/ of the input is left out (it may hold faces)", folder)
 
     description = _read_json(bids_dir / "dataset_description.json")
+    # BIDS defaults DatasetType to raw, but the validator takes a description with
+    # GeneratedBy and no DatasetType for a derivative (and asks for SkullStripped).
+    description.setdefault("DatasetType", "raw")
     description["GeneratedBy"] = [
         entry for entry in description.get("GeneratedBy", []) if entry.get("Name") != "refacebids"
     ] + [generated_by()]
     write_json(output_dir / "dataset_description.json", description)
     if any(job.datatype == "ct" for job in jobs):
-        _add_bidsignore(output_dir, RELEASE_BIDSIGNORE)
+        add_bidsignore(output_dir, RELEASE_BIDSIGNORE)
 
 
 def finalize_release(output_dir, failed_relpaths) -> None:
@@ -314,7 +320,9 @@ def _link_or_copy(src: Path, dst: Path) -> None:
         atomic_copy(src, dst)
 
 
-def _add_bidsignore(dataset_dir: Path, patterns) -> None:
+def add_bidsignore(dataset_dir, patterns) -> None:
+    """Add the ``patterns`` missing from ``dataset_dir/.bidsignore``, keeping its lines."""
+    dataset_dir = Path(dataset_dir)
     path = dataset_dir / ".bidsignore"
     lines = path.read_text().splitlines() if path.exists() else []
     missing = [p for p in patterns if p not in lines]
