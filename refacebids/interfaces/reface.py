@@ -37,6 +37,7 @@ class RegisterTemplate(SimpleInterface):
     output_spec = _RegisterOutputSpec
 
     def _run_interface(self, runtime):
+        use_itk_threads(self.inputs.num_threads)
         record = engine.register_image(
             self.inputs.in_file,
             load_template(self.inputs.template),
