@@ -80,7 +80,8 @@ def test_plugin_file_yaml_and_json(tmp_path):
 
 
 @pytest.mark.parametrize(("text", "message"), [
-    ("plugin: Slurmish\n", "unknown Nipype plugin 'Slurmish'"),
+    ("plugin: Slurmish\n", "'Slurmish' is not a Nipype plugin"),
+    ("plugin: SLURMGraph\n", "'SLURMGraph' submits the graph and returns without waiting"),
     ("plugin_args: {n_procs: 2}\n", "needs a 'plugin:' name"),
     ("plugin: MultiProc\nplugin_args: [1, 2]\n", "'plugin_args:' must be a mapping"),
     ("plugin: [MultiProc\n", "not YAML or JSON"),

@@ -70,6 +70,7 @@ def load_plugin_file(path: Path) -> Execution:
     """Read a Nipype plugin settings file (``plugin:`` and optional ``plugin_args:``)."""
     import yaml
     from nipype.pipeline import plugins
+    from nipype.pipeline.plugins.base import GraphPluginBase
 
     path = Path(path)
     try:
@@ -83,11 +84,16 @@ def load_plugin_file(path: Path) -> Execution:
     if not isinstance(settings, dict) or not isinstance(settings.get("plugin"), str):
         raise ValueError(f"--use-plugin {path}: needs a 'plugin:' name, e.g. 'plugin: SLURM'")
     name = settings["plugin"]
-    if not hasattr(plugins, f"{name}Plugin"):
-        known = sorted(n[: -len("Plugin")] for n in dir(plugins) if n.endswith("Plugin"))
-        raise ValueError(
-            f"--use-plugin {path}: unknown Nipype plugin {name!r} (one of {', '.join(known)})"
-        )
+    # Graph plugins submit the whole graph and return at once: refacebids could not
+    # tell which images were refaced.
+    waiting = sorted(
+        attr[: -len("Plugin")] for attr in dir(plugins)
+        if attr.endswith("Plugin") and not issubclass(getattr(plugins, attr), GraphPluginBase)
+    )
+    if name not in waiting:
+        why = ("submits the graph and returns without waiting"
+               if hasattr(plugins, f"{name}Plugin") else "is not a Nipype plugin")
+        raise ValueError(f"--use-plugin {path}: {name!r} {why}; use one of {', '.join(waiting)}")
     plugin_args = settings.get("plugin_args") or {}
     if not isinstance(plugin_args, dict):
         raise ValueError(f"--use-plugin {path}: 'plugin_args:' must be a mapping")
