@@ -108,7 +108,8 @@ def test_linear_plugin_file_gives_the_multiproc_outputs(bids_dataset, tmp_path, 
     linear = tmp_path / "linear.json"
     linear.write_text(json.dumps({"plugin": "Linear"}))
     outputs = {}
-    for name, extra in (("multiproc", ["--nprocs", "2"]), ("linear", ["--use-plugin", str(linear)])):
+    runs = {"multiproc": ["--nprocs", "2"], "linear": ["--use-plugin", str(linear)]}
+    for name, extra in runs.items():
         assert main([str(bids_dataset), str(tmp_path / name), "participant", "-w",
                      str(tmp_path / f"work_{name}"), "--participant-label", "02",
                      "--skip-bids-validation", *extra]) == 0
