@@ -7,6 +7,7 @@ README's entry point.
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
@@ -42,3 +43,11 @@ def test_both_recipes_install_the_package_and_run_the_entry_point():
 
 def test_container_runs_as_non_root():
     assert re.search(r"^USER (?!root|0\b)\S+", DOCKERFILE, re.M)
+
+
+def test_readme_says_how_to_build_each_container():
+    readme = (REPO / "README.md").read_text()
+    # The tag the README builds is the image the Boutiques descriptor runs.
+    descriptor = json.loads((REPO / "refacebids.boutiques.json").read_text())
+    assert f"docker build -t {descriptor['container-image']['image']} ." in readme
+    assert "apptainer build refacebids.sif Singularity.def" in readme

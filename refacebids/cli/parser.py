@@ -28,6 +28,13 @@ def _positive_int(value: str) -> int:
     return number
 
 
+def _positive_float(value: str) -> float:
+    number = float(value)
+    if not number > 0:
+        raise argparse.ArgumentTypeError(f"must be more than 0, not {value}")
+    return number
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Build the ``refacebids`` argument parser."""
     parser = argparse.ArgumentParser(
@@ -81,7 +88,28 @@ def build_parser() -> argparse.ArgumentParser:
         dest="omp_nthreads",
         type=_positive_int,
         default=1,
-        help="threads per process for registration (ITK)",
+        help="threads per process for ITK (registration, resampling); nodes that use "
+        "them reserve as many CPUs",
+    )
+    parser.add_argument(
+        "--mem-gb",
+        "--mem_gb",
+        dest="mem_gb",
+        type=_positive_float,
+        metavar="GB",
+        help="memory available to the run (MultiProc: at most this much is used by the "
+        "nodes running at once); also the most any one node asks a scheduler for. "
+        "Default: 90%% of the machine's memory",
+    )
+    parser.add_argument(
+        "--use-plugin",
+        "--use_plugin",
+        dest="use_plugin",
+        type=Path,
+        metavar="FILE",
+        help="Nipype plugin settings (YAML or JSON: 'plugin:' MultiProc, Linear, SLURM, "
+        "SGE, PBS... and 'plugin_args:'), to run the nodes on a cluster's scheduler; "
+        "default: MultiProc with --nprocs",
     )
     parser.add_argument(
         "-w",

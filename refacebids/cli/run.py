@@ -23,6 +23,8 @@ os.environ.setdefault("NIPYPE_NO_ET", "1")
 os.environ.setdefault("TEMPLATEFLOW_AUTOUPDATE", "0")
 os.environ.setdefault("TEMPLATEFLOW_USE_DATALAD", "0")
 
+from ..utils.threads import use_itk_threads  # noqa: E402
+from .execution import describe, execution_from_options, prepare_batch_jobs  # noqa: E402
 from .parser import build_parser, check_paths  # noqa: E402
 
 LOGGER = logging.getLogger("refacebids")
@@ -37,8 +39,11 @@ def main(argv=None) -> int:
     try:
         bids_dir, output_dir = check_paths(opts.bids_dir, opts.output_dir)
         work_dir = _check_work_dir(opts.work_dir, bids_dir, output_dir)
+        execution = execution_from_options(opts)
     except ValueError as exc:
         parser.error(str(exc))
+    # Before anything imports antspyx: this process and the workers forked from it.
+    use_itk_threads(opts.omp_nthreads)
 
     with _stderr_for_errors_only() as errors:
         _setup_logging()
@@ -48,7 +53,7 @@ def main(argv=None) -> int:
 
                 run_reports(opts, bids_dir, output_dir, work_dir)
                 return 0
-            failures = _run_participant(opts, bids_dir, output_dir, work_dir)
+            failures = _run_participant(opts, bids_dir, output_dir, work_dir, execution)
         except Exception as exc:  # a dataset-level problem: no image was processed
             # A traceback (to stdout) only for what is not a plain user error.
             LOGGER.error("stopped: %s", exc, exc_info=not isinstance(exc, ValueError))
@@ -59,7 +64,7 @@ def main(argv=None) -> int:
     return 1 if failures else 0
 
 
-def _run_participant(opts, bids_dir, output_dir, work_dir) -> dict:
+def _run_participant(opts, bids_dir, output_dir, work_dir, execution) -> dict:
     """Reface the selected images; return ``{relpath: reason}`` of those that failed."""
     from ..templates import load_template
     from ..utils.bids import collect_images
@@ -118,7 +123,9 @@ def _run_participant(opts, bids_dir, output_dir, work_dir) -> dict:
         (work_dir / "crash").mkdir(parents=True, exist_ok=True)
         crash_dir = Path(tempfile.mkdtemp(prefix=time.strftime("%Y%m%d-%H%M%S-"),
                                           dir=work_dir / "crash"))
-        _run_workflow(workflow, work_dir, crash_dir, opts.nprocs)
+        prepare_batch_jobs(workflow, execution, opts.mem_gb)
+        LOGGER.info("running with %s", describe(execution))
+        _run_workflow(workflow, work_dir, crash_dir, execution)
         crashes = _crash_reasons(crash_dir)
         for job in jobs:
             name = image_wf_name(job)
@@ -143,7 +150,7 @@ def _run_participant(opts, bids_dir, output_dir, work_dir) -> dict:
     return dict(sorted(failures.items()))
 
 
-def _run_workflow(workflow, work_dir: Path, crash_dir: Path, nprocs: int) -> None:
+def _run_workflow(workflow, work_dir: Path, crash_dir: Path, execution) -> None:
     workflow.base_dir = str(work_dir)
     workflow.config["execution"].update({
         "crashdump_dir": str(crash_dir),
@@ -151,14 +158,10 @@ def _run_workflow(workflow, work_dir: Path, crash_dir: Path, nprocs: int) -> Non
         "stop_on_first_crash": False,
         # Keep every node's outputs so that a rerun with the same work dir resumes.
         "remove_unnecessary_outputs": False,
-        # The default (2 s) dominates the run time of the many small nodes.
-        "poll_sleep_duration": 0.05,
+        "poll_sleep_duration": execution.poll_sleep_duration,
     })
     try:
-        workflow.run(
-            plugin="MultiProc",
-            plugin_args={"n_procs": nprocs, "raise_insufficient": False},
-        )
+        workflow.run(plugin=execution.plugin, plugin_args=execution.plugin_args)
     except RuntimeError as exc:
         # Raised once after all branches ran, when any node failed; the crash files
         # say which images failed and why.

@@ -10,12 +10,12 @@ world coordinates and the rigid stage starts from the centres of mass.
 
 from __future__ import annotations
 
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from ..utils.threads import use_itk_threads
 from .geometry import to_ants
 from .surface import head_mask
 
@@ -86,9 +86,9 @@ def register_template(
     RegistrationResult
         ``composite`` maps template -> image for ``ants.apply_transforms``.
     """
+    use_itk_threads(threads)  # before antspyx is first imported in this process
     import ants
 
-    os.environ["ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"] = str(max(1, threads))
     ants.config._random_seed = seed  # antspyx reads the seed from here only
     Path(out_prefix).parent.mkdir(parents=True, exist_ok=True)
 

@@ -15,6 +15,7 @@ from nipype.interfaces.base import (
 
 from .. import engine
 from ..templates import load_template
+from ..utils.threads import use_itk_threads
 
 
 class _RegisterInputSpec(BaseInterfaceInputSpec):
@@ -36,6 +37,7 @@ class RegisterTemplate(SimpleInterface):
     output_spec = _RegisterOutputSpec
 
     def _run_interface(self, runtime):
+        use_itk_threads(self.inputs.num_threads)
         record = engine.register_image(
             self.inputs.in_file,
             load_template(self.inputs.template),
@@ -58,6 +60,7 @@ class _MasksInputSpec(BaseInterfaceInputSpec):
     in_file = File(exists=True, mandatory=True)
     template = traits.Str(mandatory=True)
     composite = File(exists=True, mandatory=True)
+    num_threads = traits.Int(1, usedefault=True, nohash=True, desc="ITK threads (resampling)")
 
 
 class _MasksOutputSpec(TraitedSpec):
@@ -72,6 +75,7 @@ class WarpLabels(SimpleInterface):
     output_spec = _MasksOutputSpec
 
     def _run_interface(self, runtime):
+        use_itk_threads(self.inputs.num_threads)
         labels, coords = engine.compute_masks(
             self.inputs.in_file,
             load_template(self.inputs.template),
@@ -102,6 +106,7 @@ class ReplaceFace(SimpleInterface):
     output_spec = _ReplaceOutputSpec
 
     def _run_interface(self, runtime):
+        use_itk_threads(self.inputs.num_threads)
         template = load_template(self.inputs.template)
         out_file, mask_file, metrics = engine.replace_face(
             self.inputs.in_file,

@@ -14,6 +14,7 @@ from niworkflows.engine.workflows import LiterateWorkflow as Workflow
 
 from .. import __version__
 from .outputs import init_outputs_wf
+from .resources import image_peak_gb
 
 
 class ImageBuildError(RuntimeError):
@@ -135,7 +136,7 @@ def init_image_wf(*, job, output_dir, derivatives_dir, template, omp_nthreads,
     try:
         reface_wf = init_reface_wf(
             modality=job.modality, template=template, omp_nthreads=omp_nthreads,
-            name="reface_wf",
+            mem_gb=image_peak_gb(job.path), name="reface_wf",
         )
     except Exception as exc:  # the engine refuses this image; others still run
         raise ImageBuildError(job, _one_line(exc)) from exc

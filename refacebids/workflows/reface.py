@@ -13,7 +13,8 @@ from ..reports.methods import methods_paragraph
 MRI_MODALITIES = ("T1w", "T2w", "FLAIR", "PDw", "T2starw", "PD")
 
 
-def init_reface_wf(*, modality: str, template, omp_nthreads: int = 1, name: str = "reface_wf"):
+def init_reface_wf(*, modality: str, template, omp_nthreads: int = 1, mem_gb: float = 1.6,
+                   name: str = "reface_wf"):
     """Build the graph that refaces one image.
 
     Workflow Graph
@@ -32,7 +33,10 @@ def init_reface_wf(*, modality: str, template, omp_nthreads: int = 1, name: str 
     template : refacebids.templates.Template
         Replacement-face template with its labels.
     omp_nthreads : int
-        Threads for the registration.
+        ITK threads for registration and resampling (those nodes reserve as many CPUs).
+    mem_gb : float
+        Peak memory of the heaviest step for this image (GB), for the scheduler
+        (:func:`refacebids.workflows.resources.image_peak_gb`).
     name : str
         Workflow name.
 
@@ -73,11 +77,13 @@ def init_reface_wf(*, modality: str, template, omp_nthreads: int = 1, name: str 
         RegisterTemplate(template=str(template.path), num_threads=omp_nthreads),
         name="register",
         n_procs=omp_nthreads,
-        mem_gb=1.0,
+        mem_gb=mem_gb,
     )
-    mask = pe.Node(WarpLabels(template=str(template.path)), name="mask", mem_gb=1.0)
-    replace = pe.Node(ReplaceFace(template=str(template.path)), name="replace", mem_gb=1.5)
-    report = pe.Node(FaceReportlets(), name="report", mem_gb=1.0)
+    mask = pe.Node(WarpLabels(template=str(template.path)), name="mask",
+                   n_procs=omp_nthreads, mem_gb=mem_gb)
+    replace = pe.Node(ReplaceFace(template=str(template.path)), name="replace",
+                      n_procs=omp_nthreads, mem_gb=mem_gb)
+    report = pe.Node(FaceReportlets(), name="report", mem_gb=mem_gb)
 
     workflow.connect([
         (inputnode, register, [("in_file", "in_file")]),
