@@ -19,18 +19,16 @@ from scipy import ndimage as ndi
 from .core import warp
 from .core.geometry import to_ants, world_grid, world_to_voxel
 from .core.image import load_head_image, to_raw, write_like
-from .core.intensity import distribution_distance
+from .core.intensity import SKIN_PROFILE_MM, distribution_distance
 from .core.noise import local_noise_sd
 from .core.registration import MIN_PEAK_RATIO, WORKING_RESOLUTION_MM, register_template
 from .core.replace import (
+    JOIN_REACH_MM,
     SKIN_OFFSET_MM,
     air_level,
     blended_coordinates,
-    crisp_skin,
     edge_weight,
     fit_head_affine,
-    outward_normals,
-    raise_skin,
     reface_volume,
     sample_at,
     signed_skin_distance,
@@ -40,7 +38,9 @@ from .core.replace import (
 from .core.surface import face_surface_moved, head_mask, skin_threshold
 
 MAX_TRAINING_SAMPLES = 400_000
-SKIN_DEPTH_MM = 2.0
+# The template's blurred skin reaches this deep (mm); above it, under the raised skin,
+# the image's own subcutaneous tissue is drawn.
+SKIN_DEPTH_MM = 3.0
 MIN_FACE_IN_FOV = 0.9
 MIN_MOVED_FRACTION = 0.9  # tissue values are taken this far beneath the template's blurred skin
 
@@ -76,7 +76,10 @@ def compute_masks(in_file, template, composite: str, out_dir) -> tuple[str, str]
     out_dir = Path(out_dir)
     head = load_head_image(in_file)
     shape = head.raw.shape[:3]
-    labels = warp.image_labels(shape, head.affine, template, composite)
+    reference = head.reference()
+    skin = head_mask(reference, head.zooms, skin_threshold(reference))
+    outside_head = ~ndi.binary_dilation(skin)  # one voxel clear of the skin's partial volume
+    labels = warp.image_labels(shape, head.affine, template, composite, outside_head)
     coarse, coarse_affine = warp.working_reference(shape, head.affine, WORKING_RESOLUTION_MM)
     coords = warp.template_coordinates(coarse, template, composite)
     coarse_labels = warp.image_labels(coords.shape[:3], coarse_affine, template, composite)
@@ -128,7 +131,14 @@ def replace_face(
     tpl_coarse = sample_at(tpl.t1w, tpl.affine, coords.reshape(-1, 3), tpl.air).reshape(coords.shape[:3])
     cranium = np.isin(coarse_labels, (0, warp.PROTECTED)) & (tpl_coarse > tpl_head_level)
     head_affine = fit_head_affine(coords, cranium, coarse_affine)
-    weight = edge_weight(np.isin(coarse_labels, warp.REPLACEABLE), coarse_affine)
+    registered_skin_distance = sample_at(
+        tpl.signed_distance, tpl.affine, coords.reshape(-1, 3), 1e3
+    ).reshape(coords.shape[:3])
+    weight = edge_weight(
+        np.isin(coarse_labels, warp.REPLACEABLE),
+        (coarse_labels == 0) & (np.abs(registered_skin_distance) <= JOIN_REACH_MM),
+        coarse_affine,
+    )
     blended = blended_coordinates(coords, weight, head_affine, coarse_affine)
     replaced_idx = np.argwhere(replaced)
     replaced_world = replaced_idx.astype(np.float32) @ head.affine[:3, :3].T.astype(np.float32)
@@ -139,16 +149,17 @@ def replace_face(
         axis=1,
     )
     offset = SKIN_OFFSET_MM * (1.0 - ndi.map_coordinates(weight, coarse_ijk, order=1, mode="nearest"))
-    # Points well outside the raised skin are air: only the others need the full sampling.
-    template_at_voxels = np.full(len(sample_points), tpl.air, np.float32)
-    near = sample_at(tpl.signed_distance, tpl.affine, sample_points, 1e3) < offset + 3.0
-    raised = raise_skin(sample_points[near], offset[near], tpl.normals, tpl.affine)
-    beneath = raise_skin(raised, np.full(len(raised), SKIN_DEPTH_MM), tpl.normals, tpl.affine)
-    template_at_voxels[near] = crisp_skin(
-        sample_at(tpl.t1w, tpl.affine, beneath, tpl.air),
-        sample_at(tpl.signed_distance, tpl.affine, raised, 1e3),
-        tpl.air,
-    )
+    # The template's anatomy stays where the placement puts it; only its skin is raised.
+    template_skin_distance = sample_at(tpl.signed_distance, tpl.affine, sample_points, 1e3)
+    new_skin_distance = (template_skin_distance - offset) / np.cbrt(abs(np.linalg.det(head_affine[:3, :3])))
+    template_at_voxels = sample_at(tpl.t1w, tpl.affine, sample_points, tpl.air)
+    # The image's own skin: how it looks outside the face, and where it was. In front of
+    # it (air before) the new face is subcutaneous tissue, never template anatomy that a
+    # head-affine placement may put there (a template brow in front of a flat forehead).
+    image_skin_distance = signed_skin_distance(head_mask(reference, zooms, threshold), zooms)
+    low, high = SKIN_PROFILE_MM
+    scalp = (labels == 0) & (image_skin_distance >= low) & (image_skin_distance < high)
+    padding = (template_skin_distance > -SKIN_DEPTH_MM) | (image_skin_distance[replaced] > 0)
 
     # Where template and image tissue correspond: outside the face, brain and wrap band.
     rng = np.random.default_rng(seed)
@@ -158,7 +169,8 @@ def replace_face(
     training = _subsample(training, MAX_TRAINING_SAMPLES, rng)
     air = np.isin(labels, (0, warp.WRAP_AIR)) & (tpl_registered < 0.1 * tpl_head_level)
     air &= reference < threshold
-    tissue = kept & (tpl_registered > tpl_head_level) & (reference > threshold)
+    # The face's own roughness (noise and fine texture), a statistic of the region, not a shape.
+    face_tissue = tissue_labels & (reference > threshold)
     seam = seam_weights(replaced, zooms)
 
     values = head.scaled()
@@ -168,8 +180,8 @@ def replace_face(
     noise_models = []
     for t in range(volumes.shape[3]):
         new_values, noise = reface_volume(
-            volumes[..., t], template_at_voxels, replaced, training,
-            tpl_registered[training], air, tissue, seam, threshold, rng,
+            volumes[..., t], template_at_voxels, new_skin_distance, padding, replaced, training,
+            tpl_registered[training], scalp, image_skin_distance[scalp], air, face_tissue, seam, threshold, rng,
         )
         raw_volumes[..., t][replaced] = to_raw(new_values, head)
         noise_models.append(noise.as_dict())
@@ -249,7 +261,6 @@ class TemplateData:
     head_level: float
     air: float
     signed_distance: np.ndarray
-    normals: np.ndarray
     face_mm3: float
 
 
@@ -277,7 +288,6 @@ def _template_data(template) -> TemplateData:
         head_level=head_level,
         air=air_level(t1w),
         signed_distance=signed,
-        normals=outward_normals(signed, zooms),
         face_mm3=float(face.sum() * np.prod(zooms)),
     )
 

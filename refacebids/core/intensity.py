@@ -12,6 +12,10 @@ from __future__ import annotations
 import numpy as np
 
 MIN_SAMPLES_PER_BIN = 30
+# The skin, as a profile across it: from this far inside to this far outside (mm).
+SKIN_PROFILE_MM = (-8.0, 4.0)
+SKIN_PROFILE_STEP_MM = 0.5
+SKIN_PROFILE_FADE_MM = 3.0  # inside it, the profile fades into the template-mapped tissue
 
 
 def fit_intensity_map(
@@ -64,6 +68,54 @@ def fit_intensity_map(
 def apply_intensity_map(values: np.ndarray, levels: np.ndarray, mapped: np.ndarray) -> np.ndarray:
     """Map template intensities through the learned table (constant beyond its ends)."""
     return np.interp(values, levels, mapped).astype(np.float32)
+
+
+def fit_skin_profile(
+    values: np.ndarray, skin_distance: np.ndarray, *, noise_floor: float = 0.0
+) -> tuple[np.ndarray, np.ndarray]:
+    """The image's typical intensity as a function of distance to its own skin.
+
+    The average template's skin is blurred over several millimetres, and its value maps
+    to no particular tissue of the image; drawn through the template map, the new skin
+    comes out dim and lumpy. The image's own scalp, outside the face, shows what its skin,
+    subcutaneous fat and the edge to the air look like in this contrast and resolution.
+
+    Parameters
+    ----------
+    values : (N,) ndarray
+        Image intensities of head voxels outside the face.
+    skin_distance : (N,) ndarray
+        Their signed distance to the image's skin (mm; negative inside the head).
+    noise_floor : float
+        As in ``fit_intensity_map``.
+
+    Returns
+    -------
+    distances, levels : (B,) ndarray
+        Knots of a piecewise-linear profile, ``distances`` increasing.
+    """
+    low, high = SKIN_PROFILE_MM
+    edges = np.arange(low, high + SKIN_PROFILE_STEP_MM, SKIN_PROFILE_STEP_MM)
+    inside = (skin_distance >= low) & (skin_distance < edges[-1])
+    bins = np.digitize(skin_distance[inside], edges) - 1
+    values = values[inside]
+    distances, levels = [], []
+    for index in np.unique(bins):
+        group = values[bins == index]
+        if group.size < MIN_SAMPLES_PER_BIN:
+            continue
+        typical = float(np.median(group))
+        distances.append(0.5 * (edges[index] + edges[index + 1]))
+        levels.append(np.sqrt(max(typical**2 - noise_floor**2, 0.0)) if noise_floor else typical)
+    if len(distances) < 2:
+        raise ValueError("too little scalp outside the face to learn what the image's skin looks like")
+    return np.asarray(distances), np.asarray(levels)
+
+
+def skin_profile_weight(skin_distance: np.ndarray) -> np.ndarray:
+    """(N,) weight of the skin profile: 1 from ``SKIN_PROFILE_FADE_MM`` above its inner end out."""
+    low = SKIN_PROFILE_MM[0]
+    return np.clip((skin_distance - low) / SKIN_PROFILE_FADE_MM, 0.0, 1.0).astype(np.float32)
 
 
 def distribution_distance(reference: np.ndarray, candidate: np.ndarray) -> float:

@@ -91,7 +91,8 @@ def estimate_noise(volume: np.ndarray, air: np.ndarray, tissue: np.ndarray) -> N
     air : (I, J, K) bool ndarray
         Air well away from the head (no wrapped parts, no skin).
     tissue : (I, J, K) bool ndarray
-        Soft tissue outside the face, for images whose background was zeroed.
+        Soft tissue whose roughness the new tissue should have (the face before
+        refacing).
 
     Returns
     -------
@@ -106,9 +107,11 @@ def estimate_noise(volume: np.ndarray, air: np.ndarray, tissue: np.ndarray) -> N
         region, kind = air, "rician"
         marginal = MAD_TO_SD * float(np.median(np.abs(background - np.median(background))))
     else:
-        sigma = roughness
+        # A background set to a constant (masked or zero-filled) has no noise to match:
+        # the new air stays as clean as the old.
+        sigma = MAD_TO_SD * float(np.median(np.abs(background - np.median(background)))) if background.size else 0.0
         region, kind = tissue, "gaussian"
-        marginal = sigma
+        marginal = roughness
     widths = []
     for axis in range(3):
         diff_sd = neighbour_difference_sd(volume, region, axis)
@@ -132,18 +135,18 @@ def correlated_noise(shape: tuple, model: NoiseModel, rng: np.random.Generator) 
 
 
 def add_noise(
-    signal: np.ndarray, model: NoiseModel, rng: np.random.Generator, tissue_level: float
+    signal: np.ndarray, model: NoiseModel, rng: np.random.Generator, roughness_share: np.ndarray
 ) -> np.ndarray:
     """Noise-free (I, J, K) ``signal`` with the image's noise added.
 
-    The noise amplitude goes from the air's ``sigma`` at zero signal to the amplitude
-    that gives the tissue's roughness at ``tissue_level`` and above.
+    The noise amplitude goes from the air's ``sigma`` (``roughness_share`` 0) to the
+    amplitude that gives the tissue's roughness (``roughness_share`` 1, same shape as
+    ``signal``).
     """
     real_noise = correlated_noise(signal.shape, model, rng)
     roughness_per_unit = local_noise_sd(real_noise, np.ones(signal.shape, bool))
     tissue_amplitude = model.tissue_roughness / max(roughness_per_unit, 1e-6)
-    share = np.clip(signal / max(tissue_level, 1e-6), 0.0, 1.0)
-    amplitude = model.sigma + share * (max(tissue_amplitude, model.sigma) - model.sigma)
+    amplitude = model.sigma + roughness_share * (max(tissue_amplitude, model.sigma) - model.sigma)
     real = signal + amplitude * real_noise
     if model.kind != "rician":
         return real

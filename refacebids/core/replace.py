@@ -13,20 +13,26 @@ the new face joins the subject's own scalp, cheeks and neck without a step.
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 from scipy import ndimage as ndi
 
 from . import warp
 from .geometry import bounding_box
-from .intensity import apply_intensity_map, fit_intensity_map
-from .noise import NoiseModel, add_noise, estimate_noise
+from .intensity import apply_intensity_map, fit_intensity_map, fit_skin_profile, skin_profile_weight
+from .noise import NoiseModel, add_noise, estimate_noise, local_noise_sd
 
 BLEND_MM = 18.0  # from nonlinear (edge) to head-affine placement (interior)
+JOIN_REACH_MM = 10.0  # kept voxels this near the skin are where the new face joins the old
 # The average face lies within 2 mm of a real face over most of its surface, so the
 # replacement skin is raised by this much above the template's (a fuller average face,
-# the same for everyone), fading to 0 at the edges where it joins the subject's tissue.
+# the same for everyone: more subcutaneous tissue over the template's anatomy), fading
+# to 0 at the edges where it joins the subject's tissue.
 SKIN_OFFSET_MM = 10.0
 SEAM_MM = 3.0  # intensity feathering into the kept tissue
+SUBCUTANEOUS_MM = -4.0  # depth whose typical value fills the raised face
+SMOOTH_SKIN_MM = 1.5  # scanner noise only this near the new skin; full texture twice as deep
 TRAINING_REACH_MM = 25.0  # air around the head used to learn the contrast
 WRAP_SIGNAL_DILATION_MM = 4.0
 
@@ -57,11 +63,22 @@ def fit_head_affine(coords: np.ndarray, region: np.ndarray, grid_affine: np.ndar
     return affine
 
 
-def edge_weight(replaced: np.ndarray, grid_affine: np.ndarray) -> np.ndarray:
-    """(I, J, K) weight of the registration: 1 at the edge of ``replaced``, 0 ``BLEND_MM`` in."""
+def edge_weight(replaced: np.ndarray, joins: np.ndarray, grid_affine: np.ndarray) -> np.ndarray:
+    """(I, J, K) weight of the registration inside ``replaced``.
+
+    1 where the replaced region meets kept voxels of ``joins`` (the kept skin and the
+    tissue just beneath it, where the new face has to join the subject's), falling to 0
+    ``BLEND_MM`` away from them. Elsewhere the region ends inside tissue (against the
+    protected brain, say), where the intensity seam hides a step, and the face keeps the
+    head-affine placement: near the brow, blending towards the registration there would
+    give back the subject's brow.
+    """
     zooms = np.linalg.norm(grid_affine[:3, :3], axis=0)
-    depth = ndi.distance_transform_edt(replaced, sampling=zooms)
-    return np.clip(1.0 - depth / BLEND_MM, 0.0, 1.0).astype(np.float32)
+    ends = ~replaced & joins
+    if not ends.any():
+        return np.zeros(replaced.shape, np.float32)
+    distance = ndi.distance_transform_edt(~ends, sampling=zooms)
+    return np.where(replaced, np.clip(1.0 - distance / BLEND_MM, 0.0, 1.0), 1.0).astype(np.float32)
 
 
 def blended_coordinates(
@@ -108,70 +125,6 @@ def signed_skin_distance(head: np.ndarray, zooms) -> np.ndarray:
     return ndi.gaussian_filter((outside - inside).astype(np.float32), 1.0)
 
 
-def outward_normals(signed_distance: np.ndarray, zooms) -> np.ndarray:
-    """(I, J, K, 3) unit vectors pointing away from the skin, in voxel-axis order.
-
-    The gradient of the smoothed signed distance; defined everywhere, so a point
-    anywhere near the face can be moved along it.
-    """
-    zooms = np.asarray(zooms, float)
-    smooth = ndi.gaussian_filter(signed_distance, 4.0 / zooms)
-    gradient = np.stack(np.gradient(smooth, *zooms), axis=-1)
-    norm = np.maximum(np.linalg.norm(gradient, axis=-1, keepdims=True), 1e-6)
-    return (gradient / norm).astype(np.float32)
-
-
-def crisp_skin(
-    template_values: np.ndarray, signed_distance: np.ndarray, air: float, edge_mm: float = 0.5
-) -> np.ndarray:
-    """Template intensities with a skin edge as sharp as a scanner's.
-
-    The average template's skin is blurred over several millimetres; drawn with the
-    image's noise, such a shallow edge turns into a rough, terraced surface. A sigmoid
-    of the signed distance puts the skin back at one place.
-
-    Parameters
-    ----------
-    template_values : (N,) ndarray
-        Template intensity of tissue at each sample (taken below the skin).
-    signed_distance : (N,) ndarray
-        Signed distance (mm) of each sample to the template's skin.
-    air : float
-        Template intensity of air.
-
-    Returns
-    -------
-    (N,) ndarray
-    """
-    inside = 1.0 / (1.0 + np.exp(np.clip(signed_distance / edge_mm, -50, 50)))
-    return inside * template_values + (1.0 - inside) * air
-
-
-def raise_skin(points: np.ndarray, offset_mm: np.ndarray, normals: np.ndarray, affine: np.ndarray):
-    """Template sample points moved inwards by ``offset_mm`` so the drawn skin rises by as much.
-
-    Parameters
-    ----------
-    points : (N, 3) ndarray
-        Template world coordinates to sample at.
-    offset_mm : (N,) ndarray
-    normals : (I, J, K, 3) ndarray
-        ``outward_normals`` of the template, on the grid of ``affine`` (RAS axes).
-    affine : (4, 4) ndarray
-
-    Returns
-    -------
-    (N, 3) ndarray
-    """
-    inverse = np.linalg.inv(affine).astype(np.float32)
-    ijk = (points.astype(np.float32) @ inverse[:3, :3].T + inverse[:3, 3]).T
-    voxel_normals = np.stack(
-        [ndi.map_coordinates(normals[..., k], ijk, order=1, mode="nearest") for k in range(3)], axis=1
-    )
-    rotation = (affine[:3, :3] / np.linalg.norm(affine[:3, :3], axis=0)).astype(np.float32)
-    return points - offset_mm[:, None].astype(np.float32) * (voxel_normals @ rotation.T)
-
-
 def air_level(volume: np.ndarray) -> float:
     """Typical value of the air at the border of a template's grid."""
     border = np.concatenate([volume[[0, -1]].ravel(), volume[:, [0, -1]].ravel(), volume[:, :, [0, -1]].ravel()])
@@ -202,9 +155,13 @@ def wrap_signal(volume: np.ndarray, wrap_band: np.ndarray, threshold: float, zoo
 def reface_volume(
     volume: np.ndarray,
     template_at_voxels: np.ndarray,
+    new_skin_distance: np.ndarray,
+    padding: np.ndarray,
     replaced: np.ndarray,
     training: np.ndarray,
     template_at_training: np.ndarray,
+    scalp: np.ndarray,
+    scalp_skin_distance: np.ndarray,
     air: np.ndarray,
     tissue: np.ndarray,
     seam: np.ndarray,
@@ -219,12 +176,20 @@ def reface_volume(
         Scaled intensities of the volume.
     template_at_voxels : (N,) ndarray
         Template intensity to draw at each of the N replaced voxels.
+    new_skin_distance : (N,) ndarray
+        Signed distance (mm, negative inside) of each replaced voxel to the new skin.
+    padding : (N,) bool ndarray
+        Voxels between the template's own skin and the raised one: subcutaneous tissue.
     replaced : (I, J, K) bool ndarray
         The N replaced voxels.
     training : (I, J, K) bool ndarray
         Voxels outside the face where template and image tissue correspond (M voxels).
     template_at_training : (M,) ndarray
         Registered template intensity at those voxels.
+    scalp : (I, J, K) bool ndarray
+        Head voxels near the image's own skin outside the face (S voxels).
+    scalp_skin_distance : (S,) ndarray
+        Their signed distance to the image's skin (mm, negative inside).
     air, tissue : (I, J, K) bool ndarray
         Regions to measure the noise in (see ``estimate_noise``).
     seam : (N,) ndarray
@@ -243,7 +208,27 @@ def reface_volume(
     levels, mapped = fit_intensity_map(template_at_training, volume[training], noise_floor=noise.floor)
     signal = np.zeros(volume.shape, np.float32)
     box = bounding_box(replaced, margin=0)
-    signal[replaced] = apply_intensity_map(template_at_voxels, levels, mapped)
-    noisy = add_noise(signal[box], noise, rng, tissue_level)[replaced[box]]
-    values = seam * noisy + (1.0 - seam) * volume[replaced]
+    distances, profile = fit_skin_profile(volume[scalp], scalp_skin_distance, noise_floor=noise.floor)
+    near_skin = skin_profile_weight(new_skin_distance)
+    beneath = np.where(
+        padding, np.interp(SUBCUTANEOUS_MM, distances, profile), apply_intensity_map(template_at_voxels, levels, mapped)
+    )
+    signal[replaced] = near_skin * np.interp(new_skin_distance, distances, profile) + (1.0 - near_skin) * beneath
+    # The tissue's roughness is texture as much as noise; within a few millimetres of
+    # the new skin only the scanner's noise applies, or the skin would turn lumpy.
+    roughness = np.zeros(volume.shape, np.float32)
+    roughness[replaced] = np.clip(signal[replaced] / max(tissue_level, 1e-6), 0.0, 1.0) * np.clip(
+        (-new_skin_distance - SMOOTH_SKIN_MM) / SMOOTH_SKIN_MM, 0.0, 1.0
+    )
+    # The drawn anatomy has some roughness of its own; the noise makes up the rest.
+    structure = local_noise_sd(signal[box], (signal[box] > tissue_level) & replaced[box])
+    missing = np.sqrt(max(noise.tissue_roughness**2 - np.nan_to_num(structure) ** 2, noise.sigma**2))
+    drawn = dataclasses.replace(noise, tissue_roughness=float(missing))
+    noisy = add_noise(signal[box], drawn, rng, roughness[box])[replaced[box]]
+    original = volume[replaced]
+    # Feathered into the image's tissue, never into its air: new tissue faded towards
+    # the air that was in front of the old skin would leave a dark cleft there, and the
+    # old skin would show through it.
+    seam = np.where((original < tissue_level) & (signal[replaced] >= tissue_level), 1.0, seam)
+    values = seam * noisy + (1.0 - seam) * original
     return values.astype(np.float32), noise

@@ -20,6 +20,7 @@ PROTECTED = 9
 TISSUE_LABELS = (FOREHEAD, FACE, EARS, TEETH_JAW, CHEEKS_TEMPLES)
 REPLACEABLE = (*TISSUE_LABELS, WRAP_AIR)
 PROTECT_MARGIN_MM = 8.0
+MIN_MARGIN_MM = 4.0  # never less, even in air outside the skin
 OUTSIDE = -1.0e4  # coordinate value of image voxels beyond the template's grid
 
 
@@ -39,7 +40,7 @@ def warp_image(
 
 
 def image_labels(
-    shape: tuple, affine: np.ndarray, template, composite: str
+    shape: tuple, affine: np.ndarray, template, composite: str, outside_head: np.ndarray | None = None
 ) -> np.ndarray:
     """Refacing labels on the image grid, protected region included.
 
@@ -52,20 +53,29 @@ def image_labels(
     template : refacebids.templates.Template
     composite : str
         Template -> image transform.
+    outside_head : (I, J, K) bool ndarray, optional
+        Air beyond the image's own skin. The outer part of the margin (beyond
+        ``MIN_MARGIN_MM`` from the brain) does not protect it: where the forehead is
+        thinner than the margin, protected air in front of the skin would keep a dark
+        cleft between the old skin and the new face, through which the old one shows.
 
     Returns
     -------
     (I, J, K) uint8 ndarray
-        0 untouched, 1-5 refacing labels, ``PROTECTED`` brain plus margin.
+        0 untouched, 1-6 refacing labels, ``PROTECTED`` brain plus margin.
     """
     reference = to_ants(np.zeros(shape, np.float32), affine)
     labels = warp_image(template.dseg, reference, composite, "nearestNeighbor").astype(np.uint8)
-    labels[protected_region(reference, template, composite)] = PROTECTED
+    distance = brain_distance(reference, template, composite)
+    protected = distance <= PROTECT_MARGIN_MM
+    if outside_head is not None:
+        protected &= ~(outside_head & (distance > MIN_MARGIN_MM))
+    labels[protected] = PROTECTED
     return labels
 
 
-def protected_region(reference, template, composite: str) -> np.ndarray:
-    """Brain plus ``PROTECT_MARGIN_MM`` on the grid of ANTs image ``reference``."""
+def brain_distance(reference, template, composite: str) -> np.ndarray:
+    """Distance (mm) to the template's brain on the grid of ANTs image ``reference``."""
     import ants
 
     brain_img = nib.load(str(template.brain_mask))
@@ -73,10 +83,9 @@ def protected_region(reference, template, composite: str) -> np.ndarray:
     zooms = brain_img.header.get_zooms()[:3]
     outside_distance = ndi.distance_transform_edt(~brain, sampling=zooms)
     distance = to_ants(outside_distance.astype(np.float32), brain_img.affine)
-    warped = ants.apply_transforms(
+    return ants.apply_transforms(
         reference, distance, [composite], interpolator="linear", defaultvalue=1e6
     ).numpy()
-    return warped <= PROTECT_MARGIN_MM
 
 
 def template_coordinates(reference, template, composite: str) -> np.ndarray:
