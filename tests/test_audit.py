@@ -94,7 +94,7 @@ def test_pair_of_an_image_with_itself_embeds_identically(recogniser):
 def test_refaced_render_without_a_face_is_embedded_in_the_originals_box(recogniser, tmp_path):
     img = nib.load(IXI[0])
     blank = tmp_path / "blank.nii.gz"  # no contrast: no skin, no face
-    nib.Nifti1Image(np.zeros(img.shape, np.int16), img.affine).to_filename(blank)
+    nib.Nifti1Image(np.full(img.shape, 100, np.int16), img.affine).to_filename(blank)
     result = pair_embeddings(IXI[0], blank, recogniser)
     assert not result["refaced_detected"].any()
     assert np.isfinite(result["refaced"]).all()  # the attacker crops by hand

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..core.image import ImageError
 from ..utils.bids import BIDSError, is_face_image, parse_name, sidecar_path
 from ..workflows.outputs import write_group_audit
 from .attack import chance_rate, own_ranks, rank1_rate
@@ -173,7 +174,10 @@ def _embed_in_worker(pair: AuditPair) -> dict:
 
 
 def _embed_logged(pair: AuditPair, recogniser) -> dict:
-    embeddings = pair_embeddings(pair.original, pair.refaced, recogniser)
+    try:
+        embeddings = pair_embeddings(pair.original, pair.refaced, recogniser)
+    except ImageError as exc:  # one line naming the file, like the participant level
+        raise ImageError(f"{pair.file} (original {pair.original}): {exc}") from None
     LOGGER.info("audit: %s: faces on %d of %d refaced renders", pair.file,
                 embeddings["refaced_detected"].sum(), len(GALLERY_VIEWS))
     return embeddings
