@@ -1,6 +1,7 @@
 """Wall time and peak memory of refacebids per image, with a machine yardstick.
 
     python benchmarks/run_benchmark.py [--data ../shared/data] [--out benchmarks/results.md]
+    python benchmarks/run_benchmark.py --audit    # re-identification audit time per image
 
 For each image: (1) the engine steps timed one by one in this process (register, mask,
 replace, report); (2) the whole command, ``refacebids`` on a one-image BIDS dataset with
@@ -183,6 +184,34 @@ def write_section(path: Path, name: str, text: str) -> None:
     path.write_text(head + begin + text + end + tail)
 
 
+def audit_per_image(data: Path, n_images: int = 8) -> tuple[float, float]:
+    """Wall and CPU seconds per image of ``group --audit`` (one process) on IXI heads.
+
+    The "refaced" images are copies of the originals: rendering and embedding cost the
+    same whatever the face, and no engine run is needed.
+    """
+    from refacebids.audit import run_group_audit
+    from refacebids.audit.recogniser import load_recogniser
+
+    load_recogniser()  # loading the weights once is not a per-image cost
+    with tempfile.TemporaryDirectory() as tmp:
+        bids, out = Path(tmp) / "bids", Path(tmp) / "out"
+        (bids / "dataset_description.json").parent.mkdir(parents=True)
+        (bids / "dataset_description.json").write_text('{"Name": "audit", "BIDSVersion": "1.10.0"}')
+        for number, head in enumerate(sorted((data / "ixi").glob("*.nii.gz"))[:n_images], 1):
+            original = bids / f"sub-{number:02d}" / "anat" / f"sub-{number:02d}_T1w.nii.gz"
+            refaced = out / f"sub-{number:02d}" / "anat" / f"sub-{number:02d}_desc-refaced_T1w.nii.gz"
+            for path in (original, refaced):
+                path.parent.mkdir(parents=True)
+                shutil.copyfile(head, path)
+            sources = {"Sources": [f"bids:raw:{original.relative_to(bids).as_posix()}"]}
+            refaced.with_name(refaced.name.replace(".nii.gz", ".json")).write_text(json.dumps(sources))
+        wall, cpu = time.perf_counter(), time.process_time()
+        run_group_audit(bids, out, nprocs=1)
+        wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    return wall / n_images, cpu / n_images
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data")
@@ -191,10 +220,16 @@ def main() -> None:
                         help="measure throughput at --nprocs 1 and 2 instead of per image")
     parser.add_argument("--participants", type=int, default=8,
                         help="participants (IXI heads) in the throughput dataset")
+    parser.add_argument("--audit", action="store_true",
+                        help="only time the re-identification audit per image (group --audit)")
     opts = parser.parse_args()
     if opts.throughput:
         write_section(opts.out, "throughput", throughput_table(opts.data, opts.participants))
         print(f"written {opts.out}")
+        return
+    if opts.audit:
+        wall, cpu = audit_per_image(opts.data)
+        print(f"group --audit, IXI T1w 2 mm, 1 process: {wall:.2f} s wall, {cpu:.2f} s CPU per image")
         return
     rows = [
         "| image | yardstick: antspyx affine (s) | register | mask | replace | report (s) "

@@ -15,6 +15,7 @@ from skimage.filters import threshold_otsu
 from skimage.measure import marching_cubes
 
 MAD_TO_SD = 1.4826
+MAX_TRACE_STEPS = 200
 
 
 def skin_level(volume: np.ndarray) -> float:
@@ -23,28 +24,65 @@ def skin_level(volume: np.ndarray) -> float:
     return background + 0.5 * (threshold_otsu(volume[::2, ::2, ::2]) - background)
 
 
-def outer_skin(volume: np.ndarray, zooms, level: float) -> np.ndarray:
-    """(V, 3) vertices (mm, voxel axes) of the outer skin: the 3D-filled head's surface."""
-    smooth = ndi.gaussian_filter(volume.astype(np.float32), 1.0 / np.asarray(zooms))
+def visible_skin(volume: np.ndarray, zooms, level: float) -> np.ndarray:
+    """(V, 3) vertices (mm, voxel axes) of the skin that can be seen from outside the head.
+
+    A renderer, and so a face recogniser, sees the first skin a ray from outside meets:
+    a vertex counts if a straight line leaves it, along one of ``VIEW_DIRECTIONS``,
+    without entering the head again. Walls of cavities that are open to the air (a
+    nasal cavity behind nostrils, an airway cut by the field of view) count only as far
+    as a line of sight reaches into them.
+    """
+    zooms = np.asarray(zooms, float)
+    smooth = ndi.gaussian_filter(volume.astype(np.float32), 1.0 / zooms)
     head = smooth > level
     labels, count = ndi.label(head)
     if count:
         head = labels == np.argmax(np.bincount(labels.ravel())[1:]) + 1
-    # Seal nostrils and lips (a 5 mm closing) so nasal and oral cavities count as inside.
-    radius = np.maximum(np.rint(5.0 / np.asarray(zooms)), 1).astype(int)
-    ball = np.sum((np.indices(2 * radius + 1).T - radius).T ** 2 / np.maximum(radius, 1)[:, None, None, None] ** 2, axis=0) <= 1
-    head = ndi.binary_fill_holes(ndi.binary_closing(np.pad(head, radius.max()), ball))
-    head = head[tuple(slice(radius.max(), -radius.max()) for _ in range(3))]
     padded = np.pad(ndi.gaussian_filter(head.astype(np.float32), 0.7), 1)
     vertices, *_ = marching_cubes(padded, 0.5, spacing=tuple(float(z) for z in zooms))
-    return vertices - np.asarray(zooms, float)
+    vertices = vertices - zooms
+    return vertices[_seen_from_outside(head, zooms, vertices)]
+
+
+def _seen_from_outside(head: np.ndarray, zooms: np.ndarray, vertices: np.ndarray) -> np.ndarray:
+    """Sphere tracing: each step goes as far as the distance to the nearest head voxel."""
+    clearance = ndi.distance_transform_edt(~head, sampling=zooms).astype(np.float32)
+    extent = np.multiply(head.shape, zooms)
+    step = float(zooms.min())
+    seen = np.zeros(len(vertices), bool)
+    for direction in VIEW_DIRECTIONS:
+        rays = np.flatnonzero(~seen)
+        points = vertices[rays] + 1.5 * step * direction
+        for _ in range(MAX_TRACE_STEPS):
+            gone = np.any((points < 0) | (points > extent), axis=1)
+            seen[rays[gone]] = True
+            rays, points = rays[~gone], points[~gone]
+            free = ndi.map_coordinates(clearance, (points / zooms).T, order=1)
+            moving = free >= 0.5 * step
+            rays, points, free = rays[moving], points[moving], free[moving]
+            if not len(rays):
+                break
+            points = points + np.maximum(free, 0.5 * step)[:, None] * direction
+        seen[rays] = True  # still travelling: counted as seen, which can only lower the share moved
+    return seen
+
+
+def _view_directions() -> np.ndarray:
+    """The 26 directions to a cube's faces, edges and corners, as unit vectors."""
+    grid = np.stack(np.meshgrid(*[[-1, 0, 1]] * 3, indexing="ij"), -1).reshape(-1, 3).astype(float)
+    grid = grid[np.any(grid != 0, axis=1)]
+    return grid / np.linalg.norm(grid, axis=1, keepdims=True)
+
+
+VIEW_DIRECTIONS = _view_directions()
 
 
 def face_moved_fraction(original, refaced, face_region, zooms, moved_mm=2.0) -> float:
-    """Share of the original's face skin that lies ``moved_mm`` or more from the new skin."""
+    """Share of the original's visible face skin lying ``moved_mm`` or more from the new one."""
     level = skin_level(original)
-    before = outer_skin(original, zooms, level)
-    after = outer_skin(refaced, zooms, level)
+    before = visible_skin(original, zooms, level)
+    after = visible_skin(refaced, zooms, level)
     voxel = np.clip(np.rint(before / np.asarray(zooms)).astype(int), 0, np.array(face_region.shape) - 1)
     in_face = face_region[tuple(voxel.T)]
     if not in_face.any():

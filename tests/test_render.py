@@ -129,6 +129,25 @@ def test_render_is_independent_of_voxel_size():
     assert overlap(silhouette(coarse), silhouette(anisotropic)) > 0.97
 
 
+def test_pixel_size_keeps_the_head_the_same_size_in_pixels_whatever_the_field_of_view():
+    volume, affine = synthetic_head()  # 160 mm field of view
+    padded = np.pad(volume, 20)  # 240 mm field of view, same head
+    padded_affine = affine.copy()
+    padded_affine[:3, 3] -= 20 * 2.0
+    small, large = (render_views(v, a, ["front"], iso=50.0, pixel_mm=1.25)[0]
+                    for v, a in ((volume, affine), (padded, padded_affine)))
+    assert small.shape == (128, 128) and large.shape == (192, 192)  # field of view / 1.25 mm
+
+    def width_px(image):
+        columns = np.flatnonzero(silhouette(image).any(axis=0))
+        return columns[-1] - columns[0] + 1
+
+    # the ball is 100 mm wide, the bump adds 10 mm: 88 pixels of 1.25 mm
+    assert abs(width_px(small) - 88) <= 2 and abs(width_px(large) - width_px(small)) <= 1
+    empty = render_views(np.zeros_like(padded), padded_affine, ["front"], pixel_mm=1.25)[0]
+    assert empty.shape == (192, 192) and not empty.any()
+
+
 def test_output_type_range_and_empty_cases():
     volume, affine = synthetic_head()
     image = render_head(volume, affine, size=64, iso=50.0)

@@ -151,6 +151,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="rebuild the subject reports (participant) from the outputs already written, "
         "without refacing; the group level always only reads the outputs",
     )
+    parser.add_argument(
+        "--audit",
+        action="store_true",
+        help="group level: attack the refaced images with an open face recogniser (photo-like "
+        "renders of each original matched against all refaced images) and write "
+        "OUTPUT_DIR/group_audit.tsv and .json; needs pip install 'refacebids[audit]'",
+    )
     parser.add_argument("--version", action="version", version=f"refacebids {__version__}")
     return parser
 

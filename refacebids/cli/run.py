@@ -42,11 +42,18 @@ def main(argv=None) -> int:
         execution = execution_from_options(opts)
     except ValueError as exc:
         parser.error(str(exc))
+    if opts.audit and opts.analysis_level != "group":
+        parser.error("--audit runs at the group level, after the participant level")
     # Before anything imports antspyx: this process and the workers forked from it.
     use_itk_threads(opts.omp_nthreads)
 
     with _stderr_for_errors_only() as errors:
         _setup_logging()
+        if opts.analysis_level == "group" and opts.audit:
+            # First, so that the group report shows its results.
+            status = _run_audit(bids_dir, output_dir, opts.nprocs, errors)
+            if status:
+                return status
         try:
             if opts.analysis_level == "group" or opts.reports_only:
                 from .reports import run_reports
@@ -148,6 +155,19 @@ def _run_participant(opts, bids_dir, output_dir, work_dir, execution) -> dict:
     refaced = sum(job.relpath not in failures for job in jobs)
     LOGGER.info("%d image(s) refaced, %d failed", refaced, len(failures))
     return dict(sorted(failures.items()))
+
+
+def _run_audit(bids_dir, output_dir, nprocs: int, errors) -> int:
+    """The re-identification audit (optional extra); 1 with one error line if it cannot run."""
+    from ..audit import AuditUnavailable, run_group_audit
+
+    try:
+        run_group_audit(bids_dir, output_dir, nprocs=nprocs)
+    except (AuditUnavailable, ValueError) as exc:
+        LOGGER.error("audit: %s", exc)
+        print(f"{ERROR_PREFIX} {_one_line(exc)}", file=errors, flush=True)
+        return 1
+    return 0
 
 
 def _run_workflow(workflow, work_dir: Path, crash_dir: Path, execution) -> None:

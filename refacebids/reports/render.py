@@ -34,6 +34,7 @@ CHUNK_STEPS = 6  # samples taken at once along a ray near the surface
 STEP_VOXELS = 1.5  # ray step, in voxels of the finest axis
 TETRAHEDRON = np.array([[1.0, 1.0, 1.0], [1.0, -1.0, -1.0], [-1.0, 1.0, -1.0], [-1.0, -1.0, 1.0]])
 AMBIENT, DIFFUSE, SPECULAR, SHININESS = 0.12, 0.78, 0.18, 24.0
+MAX_SIZE = 1024  # pixels per side when the size follows from a pixel size
 
 
 def render_head(
@@ -90,6 +91,7 @@ def render_views(
     light: tuple[float, float] = (25.0, 30.0),
     size: int = 256,
     mask: np.ndarray | None = None,
+    pixel_mm: float | None = None,
 ) -> list[np.ndarray]:
     """Several renders of one volume, sharing the preparation of the volume.
 
@@ -99,6 +101,10 @@ def render_views(
         Names from :data:`VIEWS` or explicit camera directions.
     volume, affine, iso, light, size, mask
         As for :func:`render_head`.
+    pixel_mm : float, optional
+        Pixel size in mm; when given, each image gets as many pixels as its view of the
+        field of view needs (at most :data:`MAX_SIZE`) and ``size`` is ignored, so
+        that a face has the same size in pixels whatever the field of view.
 
     Returns
     -------
@@ -109,8 +115,11 @@ def render_views(
         values = values.mean(axis=3)
     if not np.isfinite(values).all():
         values = np.nan_to_num(values, nan=0.0, posinf=0.0, neginf=0.0)
-    if values.size == 0 or values.min() == values.max():
-        return [np.zeros((size, size), np.float32) for _ in views]  # no contrast, no skin
+    affine = np.asarray(affine, dtype=float)
+    if values.size == 0 or values.min() == values.max():  # no contrast, no skin
+        sizes = [_camera(values.shape, affine, *_direction(view), size, pixel_mm)["size"]
+                 for view in views]
+        return [np.zeros((n, n), np.float32) for n in sizes]
     if iso is None:
         # every other voxel is plenty for a histogram threshold and 8 times cheaper
         iso = skin_threshold(values[::2, ::2, ::2])
@@ -119,12 +128,10 @@ def render_views(
     air = float(min(values.min(), iso - 1.0))
     if mask is not None:
         values = np.where(mask, values, np.float32(air))
-    affine = np.asarray(affine, dtype=float)
     skip_distance, block = _empty_space(values, affine, iso, air)
     images = []
     for view in views:
-        azimuth, elevation = VIEWS[view] if isinstance(view, str) else view
-        camera = _camera(values.shape, affine, azimuth, elevation, size)
+        camera = _camera(values.shape, affine, *_direction(view), size, pixel_mm)
         images.append(_cast(values, affine, camera, iso, air, skip_distance, block, light))
     return images
 
@@ -174,7 +181,13 @@ def _grown_block_max(values: np.ndarray, axis: int, block: int) -> np.ndarray:
     return np.moveaxis(grown, 0, axis)
 
 
-def _camera(shape, affine: np.ndarray, azimuth: float, elevation: float, size: int) -> dict:
+def _direction(view) -> tuple[float, float]:
+    """(azimuth_deg, elevation_deg) of a named view or an explicit direction."""
+    return VIEWS[view] if isinstance(view, str) else tuple(view)
+
+
+def _camera(shape, affine: np.ndarray, azimuth: float, elevation: float, size: int,
+            pixel_mm: float | None = None) -> dict:
     """Ray origins and direction in voxel coordinates for an orthographic camera.
 
     The image spans the projection of the whole field of view, so renders of images
@@ -194,6 +207,8 @@ def _camera(shape, affine: np.ndarray, azimuth: float, elevation: float, size: i
     half_width = max(np.abs(right @ offsets).max(), np.abs(up @ offsets).max())
     half_depth = np.abs(towards_camera @ offsets).max() + 1.0
 
+    if pixel_mm is not None:
+        size = int(min(MAX_SIZE, np.ceil(2 * half_width / pixel_mm)))
     pixel = 2 * half_width / size
     screen = (np.arange(size) + 0.5) * pixel - half_width
     to_voxel = np.linalg.inv(affine[:3, :3])

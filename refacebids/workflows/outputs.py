@@ -49,6 +49,8 @@ CODE_URL = "https://github.com/refacebids/refacebids"
 DERIVATIVES_BIDSIGNORE = ("sub-*.html", "**/figures", "logs", "*_xfm.h5", "**/pet/*_defacemask.*",
                           "**/ct")
 RELEASE_BIDSIGNORE = ("**/ct",)
+#: Dataset-level results of ``group --audit``, which BIDS has no rule for.
+GROUP_AUDIT_BIDSIGNORE = ("group_audit.*",)
 #: Top-level folders of the input never copied into a release: they may hold the
 #: original faces (DICOMs in sourcedata, FreeSurfer T1.mgz in derivatives).
 RELEASE_EXCLUDED_FOLDERS = ("sourcedata", "derivatives")
@@ -304,6 +306,17 @@ def finalize_release(output_dir, failed_relpaths) -> None:
             buffer = io.StringIO()
             csv.writer(buffer, delimiter="\t", lineterminator="\n").writerows(kept)
             write_text(scans, buffer.getvalue())
+
+
+def write_group_audit(output_dir, table: str, summary: dict) -> tuple[Path, Path]:
+    """Write ``group_audit.tsv`` and ``group_audit.json`` at the root of the output dataset.
+
+    Both are listed in its ``.bidsignore``, so the output stays a valid BIDS dataset.
+    """
+    output_dir = Path(output_dir)
+    _add_bidsignore(output_dir, GROUP_AUDIT_BIDSIGNORE)
+    return (write_text(output_dir / "group_audit.tsv", table),
+            write_json(output_dir / "group_audit.json", summary))
 
 
 def _link_or_copy(src: Path, dst: Path) -> None:
