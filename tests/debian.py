@@ -6,8 +6,12 @@ tests that drive a real browser or scheduler bring their own packages through th
 
 from __future__ import annotations
 
+import fcntl
 import shutil
 import subprocess
+
+# Test workers (pytest-xdist) may ask at once; apt/dpkg allow one install at a time.
+LOCK_FILE = "/tmp/refacebids-tests-apt.lock"
 
 
 def ensure_packages(*packages: str, provides: str) -> str:
@@ -18,13 +22,15 @@ def ensure_packages(*packages: str, provides: str) -> str:
     str
         Absolute path of the ``provides`` command.
     """
-    found = shutil.which(provides)
-    if found:
-        return found
-    env = {"DEBIAN_FRONTEND": "noninteractive", "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
-    subprocess.run(["apt-get", "update", "-qq"], check=True, env=env, capture_output=True)
-    subprocess.run(["apt-get", "install", "-y", "-qq", "--no-install-recommends", *packages],
-                   check=True, env=env, capture_output=True)
+    with open(LOCK_FILE, "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        found = shutil.which(provides)
+        if found:
+            return found
+        env = {"DEBIAN_FRONTEND": "noninteractive", "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
+        subprocess.run(["apt-get", "update", "-qq"], check=True, env=env, capture_output=True)
+        subprocess.run(["apt-get", "install", "-y", "-qq", "--no-install-recommends", *packages],
+                       check=True, env=env, capture_output=True)
     found = shutil.which(provides)
     if not found:
         raise RuntimeError(f"installing {' '.join(packages)} did not provide {provides}")
