@@ -16,6 +16,7 @@ import nibabel as nib
 import numpy as np
 from scipy import ndimage as ndi
 
+from . import modalities
 from .core import warp
 from .core.geometry import to_ants, world_grid, world_to_voxel
 from .core.image import load_head_image, to_raw, write_like
@@ -31,7 +32,6 @@ from .core.replace import (
     fit_head_affine,
     outward_normals,
     raise_skin,
-    reface_volume,
     sample_at,
     signed_skin_distance,
     seam_weights,
@@ -49,12 +49,20 @@ class RegistrationFailed(RuntimeError):
     """The template could not be registered well enough to reface safely."""
 
 
-def register_image(in_file, template, out_dir, *, seed: int = 42, threads: int = 1) -> dict:
-    """Register the template to the image; write and return the registration record."""
+def register_image(
+    in_file, template, out_dir, *, seed: int = 42, threads: int = 1,
+    modality: str = "T1w", frame_durations=None,
+) -> dict:
+    """Register the template to the image; write and return the registration record.
+
+    ``modality`` (the BIDS suffix) and ``frame_durations`` (PET sidecar) choose what is
+    registered: see :mod:`refacebids.modalities`. A 4D image is registered once.
+    """
     out_dir = Path(out_dir)
-    head = load_head_image(in_file)
+    head = modalities.load(in_file, modality, frame_durations)
+    reference, template_head = modalities.registration_inputs(head, template, modality, out_dir)
     result = register_template(
-        head.reference(), head.affine, str(template.t1w), str(out_dir / "tpl2img_"),
+        reference, head.affine, template_head, str(out_dir / "tpl2img_"),
         seed=seed, threads=threads,
     )
     record = result.as_dict()
@@ -88,7 +96,8 @@ def compute_masks(in_file, template, composite: str, out_dir) -> tuple[str, str]
 
 
 def replace_face(
-    in_file, template, composite: str, labels_file, coords_file, out_dir, *, seed: int = 42
+    in_file, template, composite: str, labels_file, coords_file, out_dir, *, seed: int = 42,
+    modality: str = "T1w", frame_durations=None,
 ) -> tuple[str, str, dict]:
     """Replace face, ears, teeth and wrapped face parts; never touch the protected region.
 
@@ -102,7 +111,8 @@ def replace_face(
         Quality numbers (see docs/architecture.md).
     """
     out_dir = Path(out_dir)
-    head = load_head_image(in_file)
+    head = modalities.load(in_file, modality, frame_durations)
+    template = modalities.replacement_template(template, modality, out_dir)
     zooms = head.zooms
     labels = np.asanyarray(nib.load(labels_file).dataobj)
     coords_img = nib.load(coords_file)
@@ -112,7 +122,7 @@ def replace_face(
     tpl_head_level = tpl.head_level
 
     reference = head.reference()
-    threshold = skin_threshold(reference)
+    threshold = modalities.skin_level(reference, modality)
     reference_ants = to_ants(np.zeros(reference.shape, np.float32), head.affine)
     tpl_registered = warp.warp_image(template.t1w, reference_ants, composite, "linear", -1.0)
 
@@ -166,8 +176,9 @@ def replace_face(
     raw_out = head.raw.copy()
     raw_volumes = raw_out[..., None] if raw_out.ndim == 3 else raw_out
     noise_models = []
+    reface = modalities.reface_function(modality)
     for t in range(volumes.shape[3]):
-        new_values, noise = reface_volume(
+        new_values, noise = reface(
             volumes[..., t], template_at_voxels, replaced, training,
             tpl_registered[training], air, tissue, seam, threshold, rng,
         )
@@ -184,7 +195,7 @@ def replace_face(
     # The template's face tissue, brought to image millimetres by the head's affine.
     expected_face_mm3 = tpl.face_mm3 / abs(np.linalg.det(head_affine[:3, :3]))
 
-    refaced = load_head_image(out_file)
+    refaced = modalities.load(out_file, modality, frame_durations)
     metrics = _metrics(
         head, refaced, labels, replaced, tpl_registered, tpl_head_level, threshold, expected_face_mm3
     )

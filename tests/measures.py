@@ -40,9 +40,14 @@ def outer_skin(volume: np.ndarray, zooms, level: float) -> np.ndarray:
     return vertices - np.asarray(zooms, float)
 
 
-def face_moved_fraction(original, refaced, face_region, zooms, moved_mm=2.0) -> float:
-    """Share of the original's face skin that lies ``moved_mm`` or more from the new skin."""
-    level = skin_level(original)
+def face_moved_fraction(original, refaced, face_region, zooms, moved_mm=2.0, level=None) -> float:
+    """Share of the original's face skin that lies ``moved_mm`` or more from the new skin.
+
+    ``level`` is the skin's intensity (default ``skin_level(original)``; PET, whose scalp
+    is a tenth of the brain, passes its own).
+    """
+    if level is None:
+        level = skin_level(original)
     before = outer_skin(original, zooms, level)
     after = outer_skin(refaced, zooms, level)
     voxel = np.clip(np.rint(before / np.asarray(zooms)).astype(int), 0, np.array(face_region.shape) - 1)

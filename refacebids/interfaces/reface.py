@@ -22,6 +22,8 @@ class _RegisterInputSpec(BaseInterfaceInputSpec):
     template = traits.Str(mandatory=True, desc="template name or folder")
     seed = traits.Int(42, usedefault=True, desc="random seed of the metric sampling")
     num_threads = traits.Int(1, usedefault=True, nohash=True, desc="ITK threads")
+    modality = traits.Str("T1w", usedefault=True, desc="BIDS suffix (T1w, ..., pet, ct)")
+    frame_durations = traits.List(traits.Float, desc="PET FrameDuration (s), one per frame")
 
 
 class _RegisterOutputSpec(TraitedSpec):
@@ -42,6 +44,8 @@ class RegisterTemplate(SimpleInterface):
             runtime.cwd,
             seed=self.inputs.seed,
             threads=self.inputs.num_threads,
+            modality=self.inputs.modality,
+            frame_durations=self.inputs.frame_durations or None,
         )
         if not record["ok"]:
             raise engine.RegistrationFailed(
@@ -87,6 +91,8 @@ class _ReplaceInputSpec(_MasksInputSpec):
     coords_file = File(exists=True, mandatory=True)
     registration = File(exists=True, mandatory=True)
     seed = traits.Int(42, usedefault=True)
+    modality = traits.Str("T1w", usedefault=True, desc="BIDS suffix (T1w, ..., pet, ct)")
+    frame_durations = traits.List(traits.Float, desc="PET FrameDuration (s), one per frame")
 
 
 class _ReplaceOutputSpec(TraitedSpec):
@@ -111,6 +117,8 @@ class ReplaceFace(SimpleInterface):
             self.inputs.coords_file,
             runtime.cwd,
             seed=self.inputs.seed,
+            modality=self.inputs.modality,
+            frame_durations=self.inputs.frame_durations or None,
         )
         with open(self.inputs.registration) as handle:
             registration = json.load(handle)
