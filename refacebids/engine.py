@@ -60,7 +60,7 @@ def register_image(
     """
     out_dir = Path(out_dir)
     head = modalities.load(in_file, modality, frame_durations)
-    reference, template_head = modalities.registration_inputs(head, template, modality, out_dir)
+    reference, template_head = modalities.registration_inputs(head, template, modality)
     result = register_template(
         reference, head.affine, template_head, str(out_dir / "tpl2img_"),
         seed=seed, threads=threads,
@@ -130,6 +130,7 @@ def replace_face(
     replaced = tissue_labels | wrap_signal(
         reference, labels == warp.WRAP_AIR, 0.5 * threshold, zooms
     )
+    replaced |= modalities.extra_replaced(reference, labels, head.affine, zooms, modality)
     if not tissue_labels.any():
         raise ValueError("the face lies outside the image's field of view")
 
@@ -176,7 +177,7 @@ def replace_face(
     raw_out = head.raw.copy()
     raw_volumes = raw_out[..., None] if raw_out.ndim == 3 else raw_out
     noise_models = []
-    reface = modalities.reface_function(modality)
+    reface = modalities.reface_function(modality, zooms)
     for t in range(volumes.shape[3]):
         new_values, noise = reface(
             volumes[..., t], template_at_voxels, replaced, training,

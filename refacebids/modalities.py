@@ -9,8 +9,8 @@ step                      MRI                      PET (``pet``)                
 ========================  =======================  ===========================  ==========================
 reference of a 4D image   mean of the volumes      mean weighted by             mean of the volumes
                                                    ``FrameDuration``
-registered image          the reference            ``log(1 + activity/scale)``  HU window (core/ct.py)
-template head             T1w                      T1w                          pseudo-CT (core/ct.py)
+registered image          the reference            ``log(1 + activity/scale)``  pseudo-T1w (core/ct.py)
+drawn template head       T1w                      T1w                          pseudo-CT (core/ct.py)
 skin threshold            half-way air to Otsu     the same on the log scale    the same, in HU
 noise of the new face     Rician or Gaussian       Gaussian, SD ~ sqrt(signal)  Gaussian, input HU range
 ========================  =======================  ===========================  ==========================
@@ -22,7 +22,7 @@ noise.
 
 from __future__ import annotations
 
-from pathlib import Path
+from functools import partial
 
 import numpy as np
 
@@ -42,20 +42,19 @@ def load(in_file, modality: str, frame_durations=None) -> HeadImage:
     return head
 
 
-def registration_inputs(head: HeadImage, template, modality: str, out_dir):
+def registration_inputs(head: HeadImage, template, modality: str):
     """The (I, J, K) image to register and the template head file to register to it."""
     reference = head.reference()
     if modality == PET:
         return pet.registration_image(reference), str(template.t1w)
     if modality == CT:
-        ct_tpl = ct.ct_template(template, out_dir)
-        return ct.registration_window(reference), str(ct.registration_head(ct_tpl.t1w))
+        return ct.pseudo_t1w(reference), str(template.t1w)
     return reference, str(template.t1w)
 
 
 def replacement_template(template, modality: str, out_dir):
     """The template whose head is drawn into the image (a pseudo-CT for CT)."""
-    return ct.ct_template(template, Path(out_dir)) if modality == CT else template
+    return ct.ct_template(template, out_dir) if modality == CT else template
 
 
 def skin_level(reference: np.ndarray, modality: str) -> float:
@@ -63,6 +62,15 @@ def skin_level(reference: np.ndarray, modality: str) -> float:
     return pet.skin_level(reference) if modality == PET else skin_threshold(reference)
 
 
-def reface_function(modality: str):
+def extra_replaced(reference: np.ndarray, labels: np.ndarray, affine, zooms, modality: str):
+    """Voxels replaced beyond the labels: a CT's teeth, dental metal and metal streaks."""
+    if modality == CT:
+        return ct.dental_region(reference, labels, affine, zooms)
+    return np.zeros(labels.shape, bool)
+
+
+def reface_function(modality: str, zooms):
     """``reface_volume``-like function drawing one volume's new face."""
-    return {PET: pet.reface_frame, CT: ct.reface_volume}.get(modality, reface_volume)
+    if modality == PET:
+        return partial(pet.reface_frame, zooms=zooms)
+    return ct.reface_volume if modality == CT else reface_volume

@@ -4,22 +4,26 @@ Mutual information between the T1w template and a raw CT was measured unreliable
 (settings disagreed by 2.7-6.6 mm on the face cut, ../shared/notes/feasibility.md): in
 HU the brain, scalp, muscle and fat lie within 150 HU of each other while air and bone
 span 3000, so the metric's histogram sees three classes (air, soft, bone) and the
-template's bright fat and dark skull pair with the wrong ones. Two things fix it:
+template's bright fat and white matter and dark skull pair with the wrong ones. So:
 
-- the template is redrawn as a *pseudo-CT* (air, fat, soft tissue, bone, CSF, brain in
-  HU, from its T1w intensities and brain mask), so template and image show the same
-  tissues with the same order of brightness: skull bright, fat darker than muscle;
-- both are registered through one *HU window* that spreads fat, fluid, brain and soft
-  tissue over most of the metric's range and compresses air and bone.
+- the CT is registered as a *pseudo-T1w*: each tissue's typical HU is mapped to its
+  typical intensity in the template (fat and white matter bright, grey matter and
+  muscle mid-grey, CSF and bone dark, air black), after a slight smoothing that keeps
+  8 HU of noise from blurring the 12 HU between grey and white matter;
+- the face is drawn from a *pseudo-CT* of the template (air, fat, soft tissue, bone,
+  CSF and brain, from its T1w intensities and brain mask) through the lookup table
+  learned on the subject's kept tissue, so bone, fat and soft tissue come out at the
+  subject's own HU, and nothing outside the image's HU range is written.
 
-The pseudo-CT also serves the replacement: the face is drawn from it through the
-learned template-to-image lookup table, so bone, fat and soft tissue come out at the
-subject's own HU, and nothing outside the image's HU range is written.
+On a CT simulated from a real T1w head (tests/test_pet_ct.py) the face cut found this
+way lay 1.6 mm (mean) from the one found on the T1w itself; registering the pseudo-CT
+template to an HU window instead gave 2.7 mm. Plain mutual information on the raw HU
+gave 1.4 mm there, but that CT is made from T1w tissue classes, which flatters it; on a
+real CT its settings disagreed by 2.7-6.6 mm.
 """
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import nibabel as nib
@@ -39,22 +43,31 @@ TEMPLATE_OFFSET_HU = 1024.0
 TISSUE_HU = {"fat": -90.0, "soft_tissue": 45.0, "bone": 900.0, "csf": 8.0, "brain": 35.0}
 BONE_MIN_DEPTH_MM = 3.0  # the skin and the fat under it are never bone
 SKULL_MM = 6.0  # skull thickness outside the intracranial mask
-# Registration window: HU -> unitless, piecewise linear (knots, values). Fat, fluid,
-# brain and muscle get most of the range; air and dense bone are compressed.
 SOFT_RANGE_HU = (-150.0, 150.0)  # fat, fluid, brain and muscle
 FLAT_BAND_HU = 60.0  # around the commonest soft tissue: muscle, without fat or bone
 AIR_TO_TISSUE_HU = 500.0  # above air by this much, the noise is the tissue's
-WINDOW_HU = (-1000.0, -300.0, -120.0, 0.0, 20.0, 60.0, 300.0, 1500.0)
-WINDOW_VALUES = (0.0, 0.05, 0.2, 0.45, 0.55, 0.7, 0.85, 1.0)
+AIR_EDGE_HU = -400.0  # template HU from which a drawn voxel is partly air
+# Teeth (enamel and dentine) and dental metal, and how far from the registered jaw they
+# are looked for: a mouth is placed within ~1 cm, and the jaw label may miss a tooth row.
+DENTAL_HU = 1500.0
+METAL_HU = 3000.0
+DENTAL_REACH_MM = 20.0
+STREAK_MM = 40.0  # metal streaks run across the slice this far from the metal
+# CT -> pseudo-T1w for registration: knots (HU) and template-like intensities. Fat
+# -90, CSF 8, white matter 28, grey matter 40, muscle 60, bone from 200 HU.
+PSEUDO_T1W_HU = (-1000.0, -300.0, -100.0, -40.0, 8.0, 28.0, 40.0, 60.0, 200.0, 1000.0)
+PSEUDO_T1W_VALUES = (0.0, 10.0, 150.0, 120.0, 30.0, 140.0, 95.0, 88.0, 40.0, 15.0)
+PSEUDO_T1W_SMOOTHING_VOXELS = 0.7
 
 
-def registration_window(hu: np.ndarray) -> np.ndarray:
-    """Map HU to the unitless image that is registered (same shape, float32).
+def pseudo_t1w(hu: np.ndarray) -> np.ndarray:
+    """(I, J, K) float32 T1w-like image of a CT in HU, for registering the T1w template.
 
-    >>> [round(float(v), 3) for v in registration_window(np.array([-2000.0, -1000.0, 0.0, 40.0, 3000.0]))]
-    [0.0, 0.0, 0.45, 0.625, 1.0]
+    >>> [round(float(v)) for v in pseudo_t1w(np.full((3, 3, 3), -90.0))[1, 1]]
+    [145, 145, 145]
     """
-    return np.interp(hu, WINDOW_HU, WINDOW_VALUES).astype(np.float32)
+    smooth = ndi.gaussian_filter(hu.astype(np.float32), PSEUDO_T1W_SMOOTHING_VOXELS)
+    return np.interp(smooth, PSEUDO_T1W_HU, PSEUDO_T1W_VALUES).astype(np.float32)
 
 
 def pseudo_ct(t1w: np.ndarray, brain: np.ndarray, zooms) -> np.ndarray:
@@ -99,12 +112,10 @@ def pseudo_ct(t1w: np.ndarray, brain: np.ndarray, zooms) -> np.ndarray:
 
 
 def ct_template(template, out_dir):
-    """The template with its head redrawn as pseudo-CT, written under ``out_dir``.
+    """The template with its head redrawn as pseudo-CT (HU + ``TEMPLATE_OFFSET_HU``).
 
-    Two heads are written: the pseudo-CT in HU + ``TEMPLATE_OFFSET_HU`` (the template's
-    ``t1w``, from which the face is drawn) and its registration window (``registration_head``). The labels
-    and brain mask are copied beside them: the registration check looks for them next
-    to the head it registered. Deterministic, so every step that builds it agrees.
+    Written once under ``out_dir``; deterministic, so every step that builds it agrees.
+    Labels and brain mask stay the template's own.
 
     Returns
     -------
@@ -112,36 +123,16 @@ def ct_template(template, out_dir):
     """
     from dataclasses import replace
 
-    folder = Path(out_dir) / "template_ct"
-    folder.mkdir(parents=True, exist_ok=True)
-    head_file = folder / Path(template.t1w).name.replace("_T1w", "_desc-pseudo_ct")
-    if not (head_file.exists() and registration_head(head_file).exists()):
+    head_file = Path(out_dir) / Path(template.t1w).name.replace("_T1w", "_desc-pseudo_ct")
+    if not head_file.exists():
         img = nib.load(str(template.t1w))
         brain = np.asanyarray(nib.load(str(template.brain_mask)).dataobj) > 0
         hu = pseudo_ct(np.asanyarray(img.dataobj).astype(np.float32), brain, img.header.get_zooms()[:3])
-        _save(hu + TEMPLATE_OFFSET_HU, img.affine, head_file)
-        _save(registration_window(hu), img.affine, registration_head(head_file))
-    copies = {}
-    for name in ("brain_mask", "dseg"):
-        source = Path(getattr(template, name))
-        target = folder / source.name
-        if not target.exists():
-            shutil.copyfile(source, target)
-        copies[name] = target
-    return replace(template, path=folder, t1w=head_file, **copies)
-
-
-def registration_head(pseudo_ct_file) -> Path:
-    """The registration window of a pseudo-CT head written by ``ct_template``."""
-    path = Path(pseudo_ct_file)
-    return path.with_name(path.name.replace("_desc-pseudo_ct", "_desc-window_ct"))
-
-
-def _save(volume, affine, path: Path) -> None:
-    # Written under a temporary name first: a reader never sees half a file.
-    partial = path.with_name("partial_" + path.name)
-    nib.Nifti1Image(volume.astype(np.float32), affine).to_filename(str(partial))
-    partial.replace(path)
+        # Written under a temporary name first: a reader never sees half a file.
+        partial = head_file.with_name("partial_" + head_file.name)
+        nib.Nifti1Image(hu + TEMPLATE_OFFSET_HU, img.affine).to_filename(str(partial))
+        partial.replace(head_file)
+    return replace(template, t1w=head_file)
 
 
 def homogeneous_soft_tissue(volume: np.ndarray, tissue: np.ndarray) -> np.ndarray:
@@ -191,7 +182,13 @@ def reface_volume(
     levels, mapped = fit_intensity_map(template_at_training, volume[training])
     box = bounding_box(replaced, margin=0)
     signal = np.zeros(volume[box].shape, np.float32)
-    signal[replaced[box]] = apply_intensity_map(template_at_voxels, levels, mapped)
+    # The pseudo-CT is in HU: where it is air, the new face is the subject's own air,
+    # whatever the lookup table learned there (a head filling the field of view leaves
+    # too little air around it to learn from).
+    template_hu = template_at_voxels - TEMPLATE_OFFSET_HU
+    air_weight = np.clip((AIR_EDGE_HU - template_hu) / (AIR_EDGE_HU - AIR_HU), 0.0, 1.0)
+    mapped_values = apply_intensity_map(template_at_voxels, levels, mapped)
+    signal[replaced[box]] = air_weight * air_hu + (1.0 - air_weight) * mapped_values
     noise = correlated_noise(signal.shape, model, rng)
     noise /= max(local_noise_sd(noise, np.ones(noise.shape, bool)), 1e-6)
     tissue_share = np.clip((signal - air_hu) / AIR_TO_TISSUE_HU, 0.0, 1.0)
@@ -200,3 +197,43 @@ def reface_volume(
     noisy = np.clip(noisy, float(volume.min()), float(volume.max()))
     values = seam * noisy + (1.0 - seam) * volume[replaced]
     return values.astype(np.float32), model
+
+
+def dental_region(hu: np.ndarray, labels: np.ndarray, affine: np.ndarray, zooms) -> np.ndarray:
+    """Teeth, dental metal and its streaks near the registered jaw, outside the protected region.
+
+    Parameters
+    ----------
+    hu : (I, J, K) ndarray
+        The CT in HU (the reference of a 4D series).
+    labels : (I, J, K) uint8 ndarray
+        Refacing labels on the image grid (:func:`refacebids.core.warp.image_labels`).
+    affine : (4, 4) ndarray
+        Voxel-to-world affine (the slice axis is the one closest to head-foot).
+    zooms : (3,) sequence
+
+    Returns
+    -------
+    (I, J, K) bool ndarray
+        Voxels of at least ``DENTAL_HU`` within ``DENTAL_REACH_MM`` of the teeth-and-jaw
+        label, grown by a voxel, and for metal (``METAL_HU``) the ``STREAK_MM`` around
+        it in its slices and the next ones, where reconstruction streaks run.
+    """
+    from .warp import PROTECTED, TEETH_JAW
+
+    zooms = np.asarray(zooms, float)
+    jaw = labels == TEETH_JAW
+    if not jaw.any():
+        return np.zeros(labels.shape, bool)
+    near_jaw = ndi.distance_transform_edt(~jaw, sampling=zooms) <= DENTAL_REACH_MM
+    dense = (hu >= DENTAL_HU) & near_jaw & (labels != PROTECTED)
+    region = ndi.binary_dilation(dense)
+    metal = dense & (hu >= METAL_HU)
+    if metal.any():
+        slice_axis = int(np.argmax(np.abs(affine[2, :3]) / zooms))
+        # Streaks lie in the slice: a step across slices counts as two thirds of the reach,
+        # so the region covers the metal's slices and thins out on their neighbours.
+        sampling = zooms.copy()
+        sampling[slice_axis] = STREAK_MM / 1.5
+        region |= ndi.distance_transform_edt(~metal, sampling=sampling) <= STREAK_MM
+    return region & (labels != PROTECTED)

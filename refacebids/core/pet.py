@@ -15,6 +15,7 @@ scalp and neck, with the spatial correlation the reconstruction gave it.
 from __future__ import annotations
 
 import numpy as np
+from scipy import ndimage as ndi
 
 from .geometry import bounding_box
 from .intensity import apply_intensity_map, fit_intensity_map
@@ -22,6 +23,11 @@ from .noise import NoiseModel, correlated_noise, estimate_noise, local_noise_sd
 from .surface import skin_threshold
 
 COMPRESSION_FRACTION = 0.02  # of the 99th percentile: FDG scalp maps to ~1.6, brain ~3.8
+FLAT_SHARE = 0.3  # of the kept tissue, by gradient, where the noise is measured
+# Resolution the drawn face is given: clinical brain PET is 4-6 mm FWHM after
+# reconstruction, and a sidecar has no field that states it.
+RESOLUTION_FWHM_MM = 5.0
+FWHM_PER_SIGMA = 2.0 * np.sqrt(2.0 * np.log(2.0))
 
 
 def compression_scale(activity: np.ndarray) -> float:
@@ -70,6 +76,38 @@ def frame_weights(n_frames: int, durations=None) -> np.ndarray | None:
     return weights
 
 
+def flat_tissue(volume: np.ndarray, tissue: np.ndarray) -> np.ndarray:
+    """The flattest ``FLAT_SHARE`` of ``tissue``: where the uptake barely changes.
+
+    The residual from a local mean holds noise and the blurred edges of uptake; in long
+    frames, whose noise is low, the edges would dominate. Their gradient finds them.
+    """
+    if tissue.sum() < 1000:
+        return tissue
+    box = bounding_box(tissue, margin=2)
+    smooth = ndi.gaussian_filter(volume[box].astype(np.float32), 1.5)
+    gradient = ndi.gaussian_gradient_magnitude(smooth, 1.0)
+    inside = tissue[box]
+    flat = np.zeros_like(tissue)
+    flat[box] = inside & (gradient <= np.percentile(gradient[inside], 100 * FLAT_SHARE))
+    return flat
+
+
+def noise_per_sqrt_activity(volume: np.ndarray, region: np.ndarray) -> float:
+    """``c`` of noise SD = ``c * sqrt(activity)``, measured in ``region``.
+
+    The frame is divided by the square root of its local mean (variance stabilisation),
+    so that regions of different uptake all measure the same ``c``.
+    """
+    if not region.any():
+        return 0.0
+    box = bounding_box(region, margin=2)
+    values = volume[box].astype(np.float32)
+    local_mean = ndi.uniform_filter(values, 3)
+    stabilised = values / np.sqrt(np.maximum(local_mean, 1e-6 * max(float(values.max()), 1e-12)))
+    return float(np.nan_to_num(local_noise_sd(stabilised, region[box])))
+
+
 def reface_frame(
     volume: np.ndarray,
     template_at_voxels: np.ndarray,
@@ -81,22 +119,29 @@ def reface_frame(
     seam: np.ndarray,
     tissue_level: float,
     rng: np.random.Generator,
+    *,
+    zooms,
 ) -> tuple[np.ndarray, NoiseModel]:
     """New activity for the replaced voxels of one PET frame.
 
-    Same arguments and returns as :func:`refacebids.core.replace.reface_volume`; the
-    frame's own uptake levels come from the lookup table learned on it, and its noise
-    is Gaussian with SD ``c * sqrt(signal)`` (``c`` from the frame's kept tissue), never
-    negative when the frame has no negative values.
+    Same arguments and returns as :func:`refacebids.core.replace.reface_volume`, plus
+    the voxel size ``zooms`` (mm). The frame's own uptake levels come from the lookup
+    table learned on it; the drawn face is blurred to ``RESOLUTION_FWHM_MM``; its noise
+    is Gaussian with SD ``c * sqrt(signal)`` (``c`` from the frame's flattest kept
+    tissue), never negative when the frame has no negative values.
     """
     del air, tissue_level  # PET air holds no noise floor to measure
-    model = estimate_noise(volume, np.zeros_like(tissue), tissue)  # Gaussian, from tissue
+    flat = flat_tissue(volume, tissue)
+    model = estimate_noise(volume, np.zeros_like(tissue), flat)  # Gaussian, from tissue
     levels, mapped = fit_intensity_map(template_at_training, volume[training])
-    typical = float(np.median(volume[tissue])) if tissue.any() else 0.0
-    per_sqrt_count = model.tissue_roughness / np.sqrt(typical) if typical > 0 else 0.0
+    per_sqrt_count = noise_per_sqrt_activity(volume, flat)
     box = bounding_box(replaced, margin=0)
-    signal = np.zeros(volume[box].shape, np.float32)
+    # The drawn face is blurred to PET resolution on a canvas of the frame itself, so its
+    # skin is as soft as the subject's and its edge meets the kept tissue smoothly.
+    signal = volume[box].astype(np.float32)
     signal[replaced[box]] = apply_intensity_map(template_at_voxels, levels, mapped)
+    sigma_voxels = RESOLUTION_FWHM_MM / FWHM_PER_SIGMA / np.asarray(zooms, float)
+    signal = ndi.gaussian_filter(signal, sigma_voxels)
     noise = correlated_noise(signal.shape, model, rng)
     # The drawn noise is measured as the image's was, so the two compare like for like.
     noise /= max(local_noise_sd(noise, np.ones(noise.shape, bool)), 1e-6)

@@ -20,5 +20,20 @@ intracranial region grown by {PROTECT_MARGIN_MM:g} mm was protected and left
 byte-identical. The template face, placed by the head's affine alignment and raised by
 {SKIN_OFFSET_MM:g} mm of soft tissue, was drawn in the image's own contrast (a lookup
 table learned from the subject's tissue outside the face) with noise matching the
-image's, and feathered into the surrounding tissue.
+image's, and feathered into the surrounding tissue.{MODALITY_METHODS.get(modality, "")}
 """
+
+
+#: What PET and CT add to the paragraph (refacebids.modalities).
+MODALITY_METHODS = {
+    "pet": (
+        "\nThe PET was registered on its frames' mean weighted by frame duration, on a"
+        "\nlogarithmic activity scale; one transform served every frame, and each frame's face"
+        "\nwas drawn with that frame's own uptake and count-dependent noise."
+    ),
+    "ct": (
+        "\nThe CT was registered in a Hounsfield-unit window to a pseudo-CT drawn from the"
+        "\ntemplate; the face was drawn in the CT's own HU (within its range), and teeth and"
+        "\ndental metal near the jaw were replaced."
+    ),
+}
