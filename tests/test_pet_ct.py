@@ -4,7 +4,7 @@ PET images are **simulated** (tests/simulate.py ``simulate_pet``, seeded): there
 redistributable head PET with a face. Each comes from a real IXI T1w head (2 mm) through
 the documented model: tissue-class two-tissue-compartment uptake (FDG, amyloid-like and
 tau-like tracers; scalp and facial skin take up tracer), a 5 mm FWHM Gaussian PSF,
-count-dependent correlated noise; then block-free resampling to 3 mm voxels. Static
+count-dependent correlated noise; then linear resampling to 3 mm voxels. Static
 images are one frame in the tracer's usual window (3D, float32); dynamic ones have 5
 frames of different lengths from injection (4D, int16 with a scale factor, as scanners
 store them) and their ``FrameDuration`` goes to the engine.
@@ -62,9 +62,12 @@ MIN_CUT_DICE = 0.9
 def _coarser(volume: np.ndarray, affine: np.ndarray, zooms, target_mm: float):
     """Resample (I, J, K[, T]) to ``target_mm`` voxels over the same field of view."""
     factors = np.asarray(zooms, float) / target_mm
-    spatial = lambda v: ndi.zoom(v, factors, order=1, grid_mode=True, mode="grid-constant")  # noqa: E731
-    out = spatial(volume) if volume.ndim == 3 else np.stack(
-        [spatial(volume[..., t]) for t in range(volume.shape[3])], axis=-1)
+
+    def resample(spatial: np.ndarray) -> np.ndarray:
+        return ndi.zoom(spatial, factors, order=1, grid_mode=True, mode="grid-constant")
+
+    out = resample(volume) if volume.ndim == 3 else np.stack(
+        [resample(volume[..., t]) for t in range(volume.shape[3])], axis=-1)
     new_affine = affine.copy()
     new_affine[:3, :3] = affine[:3, :3] / factors
     new_affine[:3, 3] = nib.affines.apply_affine(affine, (1 / factors - 1) / 2)
@@ -72,6 +75,7 @@ def _coarser(volume: np.ndarray, affine: np.ndarray, zooms, target_mm: float):
 
 
 def _pet(head: str, dynamic: bool):
+    """Maker of a simulated static (3D, float32) or dynamic (4D, scaled int16) PET."""
     source, tracer = PET_HEADS[head]
 
     def make(path: Path) -> dict:
