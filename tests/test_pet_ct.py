@@ -360,3 +360,35 @@ def test_ct_face_cut_as_accurate_as_on_t1w(refaced, tmp_path):
     print(f"CT vs T1w face cut: mean distance {distance:.2f} mm, refaced-tissue Dice {dice:.3f}, "
           f"protected-region Dice {protected_dice:.3f}")
     assert distance <= MAX_CUT_DISTANCE_MM and dice >= MIN_CUT_DICE
+
+
+def test_dynamic_pet_reference_is_the_time_weighted_mean(tmp_path):
+    """What is registered: frames weighted by FrameDuration (plain mean without it)."""
+    from refacebids import modalities
+
+    rng = np.random.default_rng(0)
+    frames = rng.integers(0, 3000, size=(10, 10, 10, 4)).astype(np.int16)
+    img = nib.Nifti1Image(frames, np.eye(4))
+    img.header.set_slope_inter(0.5, 10.0)
+    img.to_filename(tmp_path / "pet.nii.gz")
+    durations = [30.0, 60.0, 300.0, 600.0]
+    values = frames * 0.5 + 10.0
+    weighted = modalities.load(tmp_path / "pet.nii.gz", "pet", durations).reference()
+    np.testing.assert_allclose(weighted, np.average(values, axis=3, weights=durations), rtol=1e-5)
+    for modality, known in [("pet", None), ("pet", [600.0]), ("T1w", durations)]:
+        plain = modalities.load(tmp_path / "pet.nii.gz", modality, known).reference()
+        np.testing.assert_allclose(plain, values.mean(axis=3), rtol=1e-5)
+
+
+def test_graph_accepts_pet_and_ct():
+    """PET and CT are no longer refused; the modality and frame durations reach the engine."""
+    from refacebids.workflows.reface import init_reface_wf
+
+    for modality, frames in [("pet", [60.0, 600.0]), ("ct", None)]:
+        workflow = init_reface_wf(modality=modality, template=load_template(), frame_durations=frames)
+        for node in ("register", "replace"):
+            inputs = workflow.get_node(node).inputs
+            assert inputs.modality == modality
+            assert list(inputs.frame_durations) == list(frames or [])
+    with pytest.raises(ValueError, match="refacing dwi images is not supported"):
+        init_reface_wf(modality="dwi", template=load_template())
