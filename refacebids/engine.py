@@ -16,9 +16,10 @@ import nibabel as nib
 import numpy as np
 from scipy import ndimage as ndi
 
+from . import modalities
 from .core import warp
 from .core.geometry import to_ants, world_grid, world_to_voxel
-from .core.image import load_head_image, to_raw, write_like
+from .core.image import to_raw, write_like
 from .core.intensity import SKIN_PROFILE_MM, distribution_distance
 from .core.noise import local_noise_sd
 from .core.registration import MIN_PEAK_RATIO, WORKING_RESOLUTION_MM, register_template
@@ -29,7 +30,6 @@ from .core.replace import (
     blended_coordinates,
     edge_weight,
     fit_head_affine,
-    reface_volume,
     sample_at,
     signed_skin_distance,
     seam_weights,
@@ -49,12 +49,20 @@ class RegistrationFailed(RuntimeError):
     """The template could not be registered well enough to reface safely."""
 
 
-def register_image(in_file, template, out_dir, *, seed: int = 42, threads: int = 1) -> dict:
-    """Register the template to the image; write and return the registration record."""
+def register_image(
+    in_file, template, out_dir, *, seed: int = 42, threads: int = 1,
+    modality: str = "T1w", frame_durations=None,
+) -> dict:
+    """Register the template to the image; write and return the registration record.
+
+    ``modality`` (the BIDS suffix) and ``frame_durations`` (PET sidecar) choose what is
+    registered: see :mod:`refacebids.modalities`. A 4D image is registered once.
+    """
     out_dir = Path(out_dir)
-    head = load_head_image(in_file)
+    head = modalities.load(in_file, modality, frame_durations)
+    reference, template_head = modalities.registration_inputs(head, template, modality)
     result = register_template(
-        head.reference(), head.affine, str(template.t1w), str(out_dir / "tpl2img_"),
+        reference, head.affine, template_head, str(out_dir / "tpl2img_"),
         seed=seed, threads=threads,
     )
     record = result.as_dict()
@@ -62,7 +70,9 @@ def register_image(in_file, template, out_dir, *, seed: int = 42, threads: int =
     return record
 
 
-def compute_masks(in_file, template, composite: str, out_dir) -> tuple[str, str]:
+def compute_masks(
+    in_file, template, composite: str, out_dir, *, modality: str = "T1w", frame_durations=None
+) -> tuple[str, str]:
     """Warp the refacing labels to the image, and template coordinates to a 2 mm grid.
 
     Returns
@@ -74,10 +84,10 @@ def compute_masks(in_file, template, composite: str, out_dir) -> tuple[str, str]
         the labels.
     """
     out_dir = Path(out_dir)
-    head = load_head_image(in_file)
+    head = modalities.load(in_file, modality, frame_durations)
     shape = head.raw.shape[:3]
     reference = head.reference()
-    skin = head_mask(reference, head.zooms, skin_threshold(reference))
+    skin = head_mask(reference, head.zooms, modalities.skin_level(reference, modality))
     outside_head = ~ndi.binary_dilation(skin)  # one voxel clear of the skin's partial volume
     labels = warp.image_labels(shape, head.affine, template, composite, outside_head)
     coarse, coarse_affine = warp.working_reference(shape, head.affine, WORKING_RESOLUTION_MM)
@@ -91,7 +101,8 @@ def compute_masks(in_file, template, composite: str, out_dir) -> tuple[str, str]
 
 
 def replace_face(
-    in_file, template, composite: str, labels_file, coords_file, out_dir, *, seed: int = 42
+    in_file, template, composite: str, labels_file, coords_file, out_dir, *, seed: int = 42,
+    modality: str = "T1w", frame_durations=None,
 ) -> tuple[str, str, dict]:
     """Replace face, ears, teeth and wrapped face parts; never touch the protected region.
 
@@ -105,7 +116,8 @@ def replace_face(
         Quality numbers (see docs/architecture.md).
     """
     out_dir = Path(out_dir)
-    head = load_head_image(in_file)
+    head = modalities.load(in_file, modality, frame_durations)
+    template = modalities.replacement_template(template, modality, out_dir)
     zooms = head.zooms
     labels = np.asanyarray(nib.load(labels_file).dataobj)
     coords_img = nib.load(coords_file)
@@ -115,7 +127,7 @@ def replace_face(
     tpl_head_level = tpl.head_level
 
     reference = head.reference()
-    threshold = skin_threshold(reference)
+    threshold = modalities.skin_level(reference, modality)
     reference_ants = to_ants(np.zeros(reference.shape, np.float32), head.affine)
     tpl_registered = warp.warp_image(template.t1w, reference_ants, composite, "linear", -1.0)
 
@@ -123,6 +135,7 @@ def replace_face(
     replaced = tissue_labels | wrap_signal(
         reference, labels == warp.WRAP_AIR, 0.5 * threshold, zooms
     )
+    replaced |= modalities.extra_replaced(reference, labels, head.affine, zooms, modality)
     if not tissue_labels.any():
         raise ValueError("the face lies outside the image's field of view")
 
@@ -178,8 +191,9 @@ def replace_face(
     raw_out = head.raw.copy()
     raw_volumes = raw_out[..., None] if raw_out.ndim == 3 else raw_out
     noise_models = []
+    reface = modalities.reface_function(modality, zooms, tpl.air, tpl.subcutaneous)
     for t in range(volumes.shape[3]):
-        new_values, noise = reface_volume(
+        new_values, noise = reface(
             volumes[..., t], template_at_voxels, new_skin_distance, padding, replaced, training,
             tpl_registered[training], scalp, image_skin_distance[scalp], air, face_tissue, seam, threshold, rng,
         )
@@ -196,7 +210,7 @@ def replace_face(
     # The template's face tissue, brought to image millimetres by the head's affine.
     expected_face_mm3 = tpl.face_mm3 / abs(np.linalg.det(head_affine[:3, :3]))
 
-    refaced = load_head_image(out_file)
+    refaced = modalities.load(out_file, modality, frame_durations)
     metrics = _metrics(
         head, refaced, labels, replaced, tpl_registered, tpl_head_level, threshold, expected_face_mm3
     )
@@ -262,6 +276,7 @@ class TemplateData:
     air: float
     signed_distance: np.ndarray
     face_mm3: float
+    subcutaneous: float
 
 
 @lru_cache(maxsize=4)
@@ -280,8 +295,11 @@ def _template_data(template) -> TemplateData:
     )
     brain = np.asanyarray(nib.load(str(template.brain_mask)).dataobj) > 0
     outside_protected = ndi.distance_transform_edt(~brain, sampling=zooms) > warp.PROTECT_MARGIN_MM
-    face = (dseg_on_t1w.reshape(t1w.shape) == warp.FACE) & (t1w > head_level) & outside_protected
+    facial = dseg_on_t1w.reshape(t1w.shape) == warp.FACE
+    face = facial & (t1w > head_level) & outside_protected
     signed = signed_skin_distance(head, zooms)
+    # What PET and CT draw under a raised skin: the template's tissue just beneath its own.
+    subcutaneous = facial & (signed > -SKIN_DEPTH_MM - 2.0) & (signed <= -SKIN_DEPTH_MM)
     return TemplateData(
         t1w=t1w,
         affine=img.affine,
@@ -289,6 +307,7 @@ def _template_data(template) -> TemplateData:
         air=air_level(t1w),
         signed_distance=signed,
         face_mm3=float(face.sum() * np.prod(zooms)),
+        subcutaneous=float(np.median(t1w[subcutaneous])),
     )
 
 

@@ -130,7 +130,8 @@ def bids_dataset(tmp_path) -> Path:
     return root
 
 
-def _stub_init_reface_wf(*, modality, template, omp_nthreads=1, mem_gb=1.6, name="reface_wf"):
+def _stub_init_reface_wf(*, modality, template, omp_nthreads=1, mem_gb=1.6, frame_durations=None,
+                         name="reface_wf"):
     """Stand-in for the engine: sets a slab of the image to its maximum, as its "face".
 
     It fails like the engine does on an image it cannot read, which is what the

@@ -78,9 +78,14 @@ def _view_directions() -> np.ndarray:
 VIEW_DIRECTIONS = _view_directions()
 
 
-def face_moved_fraction(original, refaced, face_region, zooms, moved_mm=2.0) -> float:
-    """Share of the original's visible face skin lying ``moved_mm`` or more from the new one."""
-    level = skin_level(original)
+def face_moved_fraction(original, refaced, face_region, zooms, moved_mm=2.0, level=None) -> float:
+    """Share of the original's visible face skin lying ``moved_mm`` or more from the new one.
+
+    ``level`` is the skin's intensity (default ``skin_level(original)``; PET, whose scalp
+    is a tenth of the brain, passes its own).
+    """
+    if level is None:
+        level = skin_level(original)
     before = visible_skin(original, zooms, level)
     after = visible_skin(refaced, zooms, level)
     voxel = np.clip(np.rint(before / np.asarray(zooms)).astype(int), 0, np.array(face_region.shape) - 1)

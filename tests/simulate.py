@@ -598,3 +598,37 @@ def simulate_pet(t1w, zooms, seed, *, tracer="fdg", frame_durations_s=None, fwhm
         frames.append(np.maximum(activity + np.sqrt(variance) * correlated, 0.0).astype(np.float32))
     volume = frames[0] if frame_durations_s is None else np.stack(frames, axis=-1)
     return volume, pet_metadata(tracer, starts, durations, fwhm_mm)
+
+
+# CT numbers (HU) per class: air -1000; soft tissue/muscle 45 and fat -90 (typical head-neck
+# values); class 3 is bone (1000, a cortical/cancellous average) except its thick parts,
+# which are the sinuses and airways (air, as in the T2* model's air pockets); CSF and the
+# eyes 8; grey matter 40, white matter 28.
+TISSUE_HU = {AIR: -1000.0, SOFT_TISSUE: 45.0, FAT: -90.0, BONE: 1000.0, CSF: 8.0, GM: 40.0, WM: 28.0}
+CT_NOISE_HU = 8.0
+
+
+def simulate_ct(t1w, zooms, seed, *, labels=None):
+    """CT-like head (Hounsfield units) from a T1-weighted head, on the same grid.
+
+    Each tissue class takes its CT number (:data:`TISSUE_HU`); thick dark regions inside
+    the head (an opening of class 3 with a 4 mm ball) are air, the thin rest is bone. The
+    class image is smoothed with a Gaussian of 1 voxel FWHM (partial volume), and Gaussian
+    noise of ``CT_NOISE_HU`` SD (correlated over one voxel, as a reconstruction kernel
+    makes it) is added; rounded to integers, as scanners store CT.
+
+    Returns
+    -------
+    ndarray of float32, shape (X, Y, Z)
+    """
+    if labels is None:
+        labels = tissue_classes(t1w, zooms)
+    zooms = np.array([float(z) for z in zooms[:3]])
+    hu = _class_image(labels, TISSUE_HU)
+    air_pocket = ndimage.binary_opening(labels == BONE, _ball(AIR_POCKET_RADIUS_MM, zooms))
+    hu[air_pocket] = TISSUE_HU[AIR]
+    hu = ndimage.gaussian_filter(hu, 1.0 / FWHM_PER_SIGMA)
+    rng = np.random.default_rng(seed)
+    noise = ndimage.gaussian_filter(rng.standard_normal(labels.shape, dtype=np.float32), 0.5)
+    hu += CT_NOISE_HU * noise / noise.std()
+    return np.round(hu).astype(np.float32)

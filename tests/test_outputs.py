@@ -287,3 +287,66 @@ def test_demo_dataset_with_the_engine(tmp_path, tmp_path_factory, layout):
         report = qc / f"{folder.parts[0]}.html"
         images = re.findall(r'<img[^>]+src="([^"]+)"', report.read_text())
         assert len(images) == 2 and all((qc / src).is_file() for src in images)
+
+
+@pytest.mark.slow
+def test_pet_and_ct_refaced_by_the_app(tmp_path):
+    """The real engine through the app on a dynamic PET and a CT (formerly refused).
+
+    The PET is simulated (tests/simulate.py, seed 3) from a real IXI T1w head: FDG, 4
+    frames of different lengths, 3 mm, int16 with a scale factor; the CT is the real
+    ``ct_mricrogl`` head in HU at 3 mm, stored as HU + 1024 (``scl_inter`` -1024).
+    """
+    from scipy import ndimage as ndi
+
+    from .conftest import DATA, PET_SIDECAR
+    from .simulate import simulate_pet
+
+    frames = [60.0, 240.0, 600.0, 1200.0]
+    bids = tmp_path / "bids"
+    (bids / "sub-01/pet").mkdir(parents=True)
+    (bids / "sub-01/ct").mkdir(parents=True)
+    (bids / "dataset_description.json").write_text(
+        json.dumps({"Name": "pet ct", "BIDSVersion": "1.10.0", "DatasetType": "raw"}))
+    t1w = nib.load(DATA / "ixi/IXI049-HH-1358_T1.nii.gz")
+    activity, metadata = simulate_pet(t1w.get_fdata(dtype=np.float32), t1w.header.get_zooms()[:3], 3,
+                                      frame_durations_s=frames)
+    activity = np.stack([ndi.zoom(activity[..., t], 2 / 3, order=1) for t in range(len(frames))], -1)
+    affine = t1w.affine.copy()
+    affine[:3, :3] *= 1.5
+    slope = float(activity.max()) / 32000
+    pet = nib.Nifti1Image(np.rint(np.maximum(activity, 0) / slope).astype(np.int16), affine)
+    pet.header.set_slope_inter(slope, 0.0)
+    pet.to_filename(bids / "sub-01/pet/sub-01_trc-FDG_pet.nii.gz")
+    sidecar = {**PET_SIDECAR, **metadata}
+    (bids / "sub-01/pet/sub-01_trc-FDG_pet.json").write_text(json.dumps(sidecar))
+    real_ct = nib.load(DATA / "heads/ct_mricrogl_1mm.nii.gz")  # stored 0-1: HU = 3000 v - 1000
+    hu = 3000.0 * real_ct.get_fdata(dtype=np.float32)[:207, :255, :225] - 1000.0
+    hu = hu.reshape(69, 3, 85, 3, 75, 3).mean(axis=(1, 3, 5))
+    ct_affine = real_ct.affine.copy()
+    ct_affine[:3, 3] = nib.affines.apply_affine(real_ct.affine, [1.0] * 3)
+    ct_affine[:3, :3] *= 3
+    ct = nib.Nifti1Image(np.rint(hu + 1024).astype(np.int16), ct_affine)
+    ct.header.set_slope_inter(1.0, -1024.0)
+    ct.to_filename(bids / "sub-01/ct/sub-01_ct.nii.gz")
+    (bids / "sub-01/ct/sub-01_ct.json").write_text(json.dumps({"Manufacturer": "MRIcroGL"}))
+
+    out = tmp_path / "out"
+    assert run(bids, out, tmp_path / "work", "--skip-bids-validation") == 0
+    assert validate(out) == []
+    for stem, suffix in [("sub-01/pet/sub-01_trc-FDG", "pet"), ("sub-01/ct/sub-01", "ct")]:
+        original = nib.load(bids / f"{stem}_{suffix}.nii.gz")
+        refaced = nib.load(out / f"{stem}_desc-refaced_{suffix}.nii.gz")
+        mask = np.asanyarray(nib.load(out / f"{stem}_mod-{suffix}_defacemask.nii.gz").dataobj) > 0
+        assert refaced.shape == original.shape and refaced.get_data_dtype() == np.int16
+        assert (refaced.dataobj.slope, refaced.dataobj.inter) == (original.dataobj.slope,
+                                                                  original.dataobj.inter)
+        before = np.asanyarray(original.dataobj.get_unscaled())
+        after = np.asanyarray(refaced.dataobj.get_unscaled())
+        assert np.array_equal(before[~mask], after[~mask]) and mask.any()
+        written = json.loads((out / f"{stem}_desc-refaced_{suffix}.json").read_text())
+        provenance = written.pop("RefacebidsProvenance")
+        assert provenance["ProtectedVoxelsChanged"] == 0
+        expected = sidecar if suffix == "pet" else {"Manufacturer": "MRIcroGL"}
+        assert written == {**expected, "Sources": [f"bids:raw:{stem}_{suffix}.nii.gz"],
+                           "SkullStripped": False}

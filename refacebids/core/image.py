@@ -30,12 +30,16 @@ class HeadImage:
         Values as stored on disk, in the on-disk dtype.
     slope, inter : float
         Scaling from raw to meaningful values (``scaled = raw * slope + inter``).
+    frame_weights : (T,) ndarray or None
+        Weights of the volumes of a 4D image in its reference (e.g. PET frame
+        durations); ``None`` for a plain mean.
     """
 
     img: nib.Nifti1Image
     raw: np.ndarray
     slope: float
     inter: float
+    frame_weights: np.ndarray | None = None
 
     @property
     def affine(self) -> np.ndarray:
@@ -51,9 +55,19 @@ class HeadImage:
         return np.nan_to_num(values, nan=0.0, posinf=0.0, neginf=0.0)
 
     def reference(self) -> np.ndarray:
-        """(I, J, K) volume to register: the image, or the mean over volumes of a 4D image."""
-        values = self.scaled()
-        return values if values.ndim == 3 else values.mean(axis=3)
+        """(I, J, K) volume to register: the image, or the (weighted) mean of a 4D image's volumes.
+
+        Accumulated volume by volume, so that the float copy of a long series is never
+        made twice.
+        """
+        if self.raw.ndim == 3:
+            return self.scaled()
+        weights = np.ones(self.raw.shape[3]) if self.frame_weights is None else self.frame_weights
+        total = np.zeros(self.raw.shape[:3], np.float64)
+        for t, weight in enumerate(weights):
+            volume = self.raw[..., t].astype(np.float32) * np.float32(self.slope) + np.float32(self.inter)
+            total += weight * np.nan_to_num(volume, nan=0.0, posinf=0.0, neginf=0.0)
+        return (total / np.sum(weights)).astype(np.float32)
 
 
 def load_head_image(path) -> HeadImage:

@@ -23,6 +23,8 @@ class _RegisterInputSpec(BaseInterfaceInputSpec):
     template = traits.Str(mandatory=True, desc="template name or folder")
     seed = traits.Int(42, usedefault=True, desc="random seed of the metric sampling")
     num_threads = traits.Int(1, usedefault=True, nohash=True, desc="ITK threads")
+    modality = traits.Str("T1w", usedefault=True, desc="BIDS suffix (T1w, ..., pet, ct)")
+    frame_durations = traits.List(traits.Float, desc="PET FrameDuration (s), one per frame")
 
 
 class _RegisterOutputSpec(TraitedSpec):
@@ -44,6 +46,8 @@ class RegisterTemplate(SimpleInterface):
             runtime.cwd,
             seed=self.inputs.seed,
             threads=self.inputs.num_threads,
+            modality=self.inputs.modality,
+            frame_durations=self.inputs.frame_durations or None,
         )
         if not record["ok"]:
             raise engine.RegistrationFailed(
@@ -61,6 +65,8 @@ class _MasksInputSpec(BaseInterfaceInputSpec):
     template = traits.Str(mandatory=True)
     composite = File(exists=True, mandatory=True)
     num_threads = traits.Int(1, usedefault=True, nohash=True, desc="ITK threads (resampling)")
+    modality = traits.Str("T1w", usedefault=True, desc="BIDS suffix (T1w, ..., pet, ct)")
+    frame_durations = traits.List(traits.Float, desc="PET FrameDuration (s), one per frame")
 
 
 class _MasksOutputSpec(TraitedSpec):
@@ -81,6 +87,8 @@ class WarpLabels(SimpleInterface):
             load_template(self.inputs.template),
             self.inputs.composite,
             runtime.cwd,
+            modality=self.inputs.modality,
+            frame_durations=self.inputs.frame_durations or None,
         )
         self._results.update(labels_file=labels, coords_file=coords)
         return runtime
@@ -116,6 +124,8 @@ class ReplaceFace(SimpleInterface):
             self.inputs.coords_file,
             runtime.cwd,
             seed=self.inputs.seed,
+            modality=self.inputs.modality,
+            frame_durations=self.inputs.frame_durations or None,
         )
         with open(self.inputs.registration) as handle:
             registration = json.load(handle)

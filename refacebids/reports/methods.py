@@ -8,6 +8,8 @@ reports regenerated later by another version still describe what was done.
 
 from __future__ import annotations
 
+import re
+
 from .. import __version__
 from ..core.registration import RIGID_RESOLUTION_MM, WORKING_RESOLUTION_MM
 from ..core.replace import SKIN_OFFSET_MM
@@ -94,10 +96,32 @@ teeth and jaw labels, and the air in which wrapped face parts appear, were carri
 image; an intracranial region grown by {PROTECT_MARGIN_MM:g} mm was protected and left \
 byte-identical. The template face, placed by the head's affine alignment and raised by \
 {SKIN_OFFSET_MM:g} mm of soft tissue, was drawn in the image's own contrast (a lookup \
-table learned from the subject's tissue outside the face) with noise matching the \
-image's, and feathered into the surrounding tissue. Every voxel outside the replaced \
-region was verified to be unchanged, and an output failing this check was withheld.
+table learned from the subject's tissue outside the face, and the subject's own skin \
+profile for the new skin) with noise matching the image's, and feathered into the \
+surrounding tissue. Every voxel outside the replaced \
+region was verified to be unchanged, and an output failing this check was withheld.\
+{_modality_sentences(modality)}
 """
+
+
+#: What PET and CT add to the paragraph (refacebids.modalities).
+MODALITY_METHODS = {
+    "pet": (
+        " The PET was registered on its frames' mean weighted by frame duration, on a "
+        "logarithmic activity scale; one transform served every frame, and each frame's face "
+        "was drawn with that frame's own uptake and count-dependent noise."
+    ),
+    "ct": (
+        " The CT was registered as a pseudo-T1w of its Hounsfield units; the face was drawn "
+        "from a pseudo-CT of the template in the CT's own HU (within its range), and teeth "
+        "and dental metal near the jaw were replaced."
+    ),
+}
+
+
+def _modality_sentences(modality: str) -> str:
+    suffixes = set(re.findall(r"[A-Za-z0-9*]+", modality))
+    return "".join(text for suffix, text in MODALITY_METHODS.items() if suffix in suffixes)
 
 
 def image_methods(modality: str, provenance: dict) -> str:

@@ -136,7 +136,8 @@ def init_image_wf(*, job, output_dir, derivatives_dir, template, omp_nthreads,
     try:
         reface_wf = init_reface_wf(
             modality=job.modality, template=template, omp_nthreads=omp_nthreads,
-            mem_gb=image_peak_gb(job.path), name="reface_wf",
+            mem_gb=image_peak_gb(job.path), frame_durations=_frame_durations(job),
+            name="reface_wf",
         )
     except Exception as exc:  # the engine refuses this image; others still run
         raise ImageBuildError(job, _one_line(exc)) from exc
@@ -182,3 +183,9 @@ def _one_line(exc: BaseException) -> str:
     # The reason must fit the one line per failure on stderr.
     words = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
     return words or type(exc).__name__
+
+
+def _frame_durations(job):
+    # A PET's FrameDuration weights its frames in the registration mean.
+    durations = job.metadata.get("FrameDuration") if job.modality == "pet" else None
+    return [float(d) for d in durations] if isinstance(durations, list) else None

@@ -11,10 +11,13 @@ from ..interfaces.reports import FaceReportlets
 from ..reports.methods import methods_paragraph
 
 MRI_MODALITIES = ("T1w", "T2w", "FLAIR", "PDw", "T2starw", "PD")
+MODALITIES = (*MRI_MODALITIES, "pet", "ct")
 
 
-def init_reface_wf(*, modality: str, template, omp_nthreads: int = 1, mem_gb: float = 1.6,
-                   name: str = "reface_wf"):
+def init_reface_wf(
+    *, modality: str, template, omp_nthreads: int = 1, mem_gb: float = 1.6, frame_durations=None,
+    name: str = "reface_wf",
+):
     """Build the graph that refaces one image.
 
     Workflow Graph
@@ -29,7 +32,8 @@ def init_reface_wf(*, modality: str, template, omp_nthreads: int = 1, mem_gb: fl
     Parameters
     ----------
     modality : str
-        BIDS suffix of the image (``T1w``, ``T2w``, ``FLAIR``, ``PDw``, ``T2starw``, ``PD``).
+        BIDS suffix of the image (``T1w``, ``T2w``, ``FLAIR``, ``PDw``, ``T2starw``, ``PD``,
+        ``pet``, ``ct``); see :mod:`refacebids.modalities` for what PET and CT change.
     template : refacebids.templates.Template
         Replacement-face template with its labels.
     omp_nthreads : int
@@ -37,13 +41,16 @@ def init_reface_wf(*, modality: str, template, omp_nthreads: int = 1, mem_gb: fl
     mem_gb : float
         Peak memory of the heaviest step for this image (GB), for the scheduler
         (:func:`refacebids.workflows.resources.image_peak_gb`).
+    frame_durations : list of float, optional
+        PET ``FrameDuration`` (s): a dynamic PET is registered on its time-weighted mean.
     name : str
         Workflow name.
 
     Inputs
     ------
     in_file
-        Image to reface (3D, or 4D whose volumes share one position).
+        Image to reface (3D, or 4D whose volumes share one position: one registration
+        serves every volume).
 
     Outputs
     -------
@@ -59,10 +66,10 @@ def init_reface_wf(*, modality: str, template, omp_nthreads: int = 1, mem_gb: fl
     reportlets
         PNG figures for the report.
     """
-    if modality not in MRI_MODALITIES:
+    if modality not in MODALITIES:
         raise ValueError(
-            f"refacing {modality} images is not supported yet (this version refaces MRI: "
-            f"{', '.join(MRI_MODALITIES)})"
+            f"refacing {modality} images is not supported (this version refaces "
+            f"{', '.join(MODALITIES)})"
         )
     workflow = Workflow(name=name)
     workflow.__desc__ = methods_paragraph(modality, template.name)
@@ -74,14 +81,16 @@ def init_reface_wf(*, modality: str, template, omp_nthreads: int = 1, mem_gb: fl
         name="outputnode",
     )
     register = pe.Node(
-        RegisterTemplate(template=str(template.path), num_threads=omp_nthreads),
+        RegisterTemplate(template=str(template.path), num_threads=omp_nthreads,
+                         modality=modality, frame_durations=list(frame_durations or [])),
         name="register",
         n_procs=omp_nthreads,
         mem_gb=mem_gb,
     )
-    mask = pe.Node(WarpLabels(template=str(template.path)), name="mask",
+    by_modality = dict(modality=modality, frame_durations=list(frame_durations or []))
+    mask = pe.Node(WarpLabels(template=str(template.path), **by_modality), name="mask",
                    n_procs=omp_nthreads, mem_gb=mem_gb)
-    replace = pe.Node(ReplaceFace(template=str(template.path)), name="replace",
+    replace = pe.Node(ReplaceFace(template=str(template.path), **by_modality), name="replace",
                       n_procs=omp_nthreads, mem_gb=mem_gb)
     report = pe.Node(FaceReportlets(), name="report", mem_gb=mem_gb)
 
