@@ -39,7 +39,8 @@ def software_versions() -> dict:
     return versions
 
 
-def refaced_sidecar(*, metadata, metrics, in_file, out_file, start_time, end_time) -> dict:
+def refaced_sidecar(*, metadata, metrics, in_file, out_file, start_time, end_time,
+                    removed_fields=()) -> dict:
     """Sidecar of a refaced image: the original metadata plus a provenance object.
 
     Parameters
@@ -52,6 +53,9 @@ def refaced_sidecar(*, metadata, metrics, in_file, out_file, start_time, end_tim
         Original and refaced image, checksummed as they lie on disk.
     start_time, end_time : str
         ISO 8601 times.
+    removed_fields : list of str
+        Names of the identifying fields removed from the original sidecar (values
+        are not recorded).
     """
     template = metrics.get("template", {})
     provenance = {
@@ -62,6 +66,7 @@ def refaced_sidecar(*, metadata, metrics, in_file, out_file, start_time, end_tim
         "ReplacedVoxels": metrics.get("replaced_voxels"),
         "Quality": {key: metrics.get(key) for key in QUALITY_KEYS if key in metrics},
         "Warnings": metrics.get("warnings", []),
+        "RemovedSidecarFields": sorted(removed_fields),
         "InputSHA256": sha256(in_file),
         "OutputSHA256": sha256(out_file),
         "StartTime": start_time,

@@ -26,7 +26,8 @@ class ImageBuildError(RuntimeError):
 
 
 def init_refacebids_wf(*, jobs, output_dir, work_dir, template, omp_nthreads,
-                       output_layout, bids_dir, name="refacebids_wf"):
+                       output_layout, bids_dir, keep_sidecar_fields=(),
+                       name="refacebids_wf"):
     """Reface every selected image and write the results.
 
     Workflow Graph
@@ -62,6 +63,8 @@ def init_refacebids_wf(*, jobs, output_dir, work_dir, template, omp_nthreads,
     output_layout : {"derivatives", "release"}
     bids_dir : Path
         Input dataset.
+    keep_sidecar_fields : tuple of str
+        Identifying sidecar fields to keep (``--keep-sidecar-field``).
     name : str
         Workflow name (keep it stable: the cache in ``work_dir`` is found by name).
 
@@ -93,13 +96,14 @@ def init_refacebids_wf(*, jobs, output_dir, work_dir, template, omp_nthreads,
                 template=template,
                 omp_nthreads=omp_nthreads,
                 output_layout=output_layout,
+                keep_sidecar_fields=keep_sidecar_fields,
             )
         ])
     return workflow
 
 
 def init_image_wf(*, job, output_dir, derivatives_dir, template, omp_nthreads,
-                  output_layout, name=None):
+                  output_layout, keep_sidecar_fields=(), name=None):
     """Reface one image and write its outputs.
 
     Parameters
@@ -107,7 +111,7 @@ def init_image_wf(*, job, output_dir, derivatives_dir, template, omp_nthreads,
     job : refacebids.utils.bids.ImageJob
     output_dir, derivatives_dir : Path
         See :func:`refacebids.workflows.outputs.init_outputs_wf`.
-    template, omp_nthreads, output_layout
+    template, omp_nthreads, output_layout, keep_sidecar_fields
         See :func:`init_refacebids_wf`.
     name : str, optional
         Defaults to a name derived from the image's file name (:attr:`ImageJob.node_name`),
@@ -142,6 +146,7 @@ def init_image_wf(*, job, output_dir, derivatives_dir, template, omp_nthreads,
         derivatives_dir=derivatives_dir,
         output_layout=output_layout,
         template_name=template.name,
+        keep_sidecar_fields=keep_sidecar_fields,
     )
 
     workflow.connect([
