@@ -141,6 +141,8 @@ def _stub_init_reface_wf(*, modality, template, omp_nthreads=1, name="reface_wf"
 
     def fake_reface(in_file, template_name):
         import json
+        import os
+        import time
         from pathlib import Path
 
         import nibabel as nib
@@ -148,6 +150,8 @@ def _stub_init_reface_wf(*, modality, template, omp_nthreads=1, name="reface_wf"
 
         from refacebids.core.image import load_head_image, write_like
 
+        # Tests that need a run to last (two runs at once) slow it down.
+        time.sleep(float(os.environ.get("REFACEBIDS_TEST_STUB_DELAY", "0")))
         # Reading the data raises on a truncated or corrupt file, as the engine would.
         head = load_head_image(in_file)
         img, raw = head.img, head.raw.copy()
