@@ -18,6 +18,7 @@ from refacebids.cli.run import main
 OPTIONS = [
     "--participant-label", "--session-label", "--nprocs", "--omp-nthreads", "--work-dir",
     "--output-layout", "--template", "--skip-bids-validation", "--version",
+    "--keep-sidecar-field", "--scrub-tables",
 ]
 
 
