@@ -23,6 +23,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
+from refacebids.cli.run import main
 from refacebids.core.image import DESCRIP_MARKER
 from refacebids.utils.deidentify import IDENTIFYING_SIDECAR_FIELDS
 from refacebids.utils.lock import LOCK_NAME, FolderInUse, folder_lock
@@ -159,6 +160,20 @@ def test_lock_is_released_when_the_holder_dies(tmp_path):
         pass
 
 
+def test_traversal_labels_refused_before_anything_is_written(tmp_path, capfd):
+    bids = tmp_path / "bids"
+    bids.mkdir()
+    (bids / "dataset_description.json").write_text('{"Name": "x", "BIDSVersion": "1.10.0"}')
+    for label in ("../x", "sub-01/../../etc", "..", "01/../../x"):
+        with pytest.raises(SystemExit) as exc:
+            main([str(bids), str(tmp_path / "out"), "participant", "-w", str(tmp_path / "w"),
+                  "--participant-label", label])
+        assert exc.value.code == 2
+        err = capfd.readouterr().err.strip().splitlines()
+        assert err[-1].startswith("refacebids: error:") and "label" in err[-1], err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bids"]
+
+
 def plant_identifiers(bids: Path) -> None:
     """Identifiers in an image header, its extensions, sidecars and the tables."""
     image = bids / "sub-01/ses-1/anat/sub-01_ses-1_T1w.nii.gz"
@@ -186,7 +201,6 @@ def output_bytes(folder: Path):
 def test_identifying_metadata_scrubbed(bids_dataset, tmp_path, stub_engine, capfd):
     """Planted in descrip, aux_file, db_name, intent_name, two extensions, sidecar fields
     (own and inherited) and table columns: none reaches any output file."""
-    from refacebids.cli.run import main
 
     plant_identifiers(bids_dataset)
     out, release, work = tmp_path / "out", tmp_path / "release", tmp_path / "work"
@@ -229,7 +243,6 @@ def test_identifying_metadata_scrubbed(bids_dataset, tmp_path, stub_engine, capf
 
 
 def test_scrub_tables_needs_the_release_layout(bids_dataset, tmp_path, capsys):
-    from refacebids.cli.run import main
 
     with pytest.raises(SystemExit) as exc:
         main([str(bids_dataset), str(tmp_path / "out"), "participant",
