@@ -176,7 +176,9 @@ def replace_face(
 
     out_file, mask_file = out_dir / "refaced.nii.gz", out_dir / "replaced_mask.nii.gz"
     write_like(raw_out, head, out_file)
-    mask_img = nib.Nifti1Image(replaced.astype(np.uint8), head.affine, scrubbed_header(head.img.header))
+    mask_img = nib.Nifti1Image(
+        replaced.astype(np.uint8), head.affine, scrubbed_header(head.img.header)
+    )
     mask_img.set_data_dtype(np.uint8)
     mask_img.header.set_slope_inter(None, None)
     mask_img.to_filename(mask_file)

@@ -394,6 +394,11 @@ def _inherited_metadata(bids_dir: Path, relpath: str) -> dict:
 
     A sidecar applies when it sits in the image's folder or above it and its entities
     are a subset of the image's with the same suffix; the closer one wins.
+
+    Raises
+    ------
+    SidecarError
+        When one of them is not fetched, not readable or not a JSON object.
     """
     entities, suffix, _ = parse_name(Path(relpath).name)
     folders = [bids_dir]

@@ -40,10 +40,17 @@ IDENTIFYING_SIDECAR_FIELDS = (
     "StationName", "DeviceSerialNumber",
 )
 
-#: Table files of a BIDS dataset whose columns ``--scrub-tables`` removes.
-TABLE_PATTERNS = ("participants.tsv", "sub-*/*_sessions.tsv", "sub-*/**/*_scans.tsv")
 #: Columns BIDS requires in those tables; never removed.
 REQUIRED_COLUMNS = ("participant_id", "session_id", "filename")
+
+
+def is_table(relpath: str) -> bool:
+    """Whether a file (path relative to the dataset root) is a table ``--scrub-tables`` edits.
+
+    >>> [is_table(p) for p in ("participants.tsv", "sub-1/sub-1_scans.tsv", "sub-1/x.tsv")]
+    [True, True, False]
+    """
+    return relpath == "participants.tsv" or relpath.endswith(("_sessions.tsv", "_scans.tsv"))
 
 
 def scrub_sidecar(metadata: dict, keep=()) -> tuple[dict, list[str]]:

@@ -40,7 +40,7 @@ from ..interfaces.bids import WriteFile, WriteRefaced, WriteReportlets
 from ..utils.atomic import atomic_copy, atomic_open, write_json, write_text
 from ..utils.bids import content_missing, is_head_image, sidecar_path
 from ..utils.deidentify import (
-    TABLE_PATTERNS,
+    is_table,
     scrub_data_dictionary,
     scrub_sidecar,
     scrub_sidecar_file,
@@ -278,8 +278,7 @@ def prepare_release(bids_dir, output_dir, jobs, *, keep_sidecar_fields=(),
     # The own sidecar of a refaced image is rewritten with provenance; that of a face
     # image left out would describe a missing file.
     sidecars_of_faces = {str(sidecar_path(rel)) for rel in selected | set(not_refaced)}
-    tables = {rel for rel in copies
-              if any(Path(rel).match(pattern) for pattern in TABLE_PATTERNS)}
+    tables = {rel for rel in copies if is_table(rel)}
     for rel in copies:
         if rel in sidecars_of_faces:
             continue
