@@ -76,7 +76,7 @@ def test_refacing_keeps_everything_but_the_replaced_voxels(registered, variant):
         image = inputs.stored_as(_in_storage_order(nib.load(BASE), variant["axcodes"]),
                                  variant["dtype"], variant["scaled"])
         if variant["nonfinite"] and variant["dtype"].startswith("float"):
-            data = np.asanyarray(image.dataobj.get_unscaled()).copy()
+            data = np.asanyarray(image.dataobj).copy()  # in memory: the stored values
             centre = np.array(data.shape) // 2
             data[tuple(slice(c - 3, c + 3) for c in centre)] = np.nan
             data[:2, :2, :2] = np.inf

@@ -62,9 +62,9 @@ def run_command(*args, env=None, stub=True, **popen):
     bound by file permissions even when the tests run as root."""
     module = "tests.stub_cli" if stub else "refacebids.cli.run"
     environment = {**os.environ, "PYTHONPATH": str(REPO), **(env or {})}
+    popen = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE, **popen}
     return subprocess.Popen([*inputs.permission_bound(), sys.executable, "-m", module,
-                             *map(str, args)], cwd=REPO, env=environment,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **popen)
+                             *map(str, args)], cwd=REPO, env=environment, text=True, **popen)
 
 
 def add_unfetched(bids: Path, relpath: str) -> None:
@@ -274,11 +274,15 @@ def test_killed_run_leaves_no_partial_file_and_resumes(tmp_path):
         '{"Name": "kill test", "BIDSVersion": "1.10.0"}')
     out, work = tmp_path / "out", tmp_path / "work"
     args = (bids, out, "participant", "-w", work, "--nprocs", "1", "--skip-bids-validation")
-    process = run_command(*args, stub=False, start_new_session=True)
+    # The log goes to a file: a pipe nobody reads while the run goes on could fill up.
+    with open(tmp_path / "killed.log", "w") as log:
+        process = run_command(*args, stub=False, start_new_session=True, stdout=log,
+                              stderr=subprocess.STDOUT)
     deadline = time.time() + 900
     first_out = None
     while first_out is None:
-        assert process.poll() is None and time.time() < deadline, process.communicate()
+        assert process.poll() is None and time.time() < deadline, (
+            tmp_path / "killed.log").read_text()
         # At every moment, what carries a final name is complete.
         for path in _visible_files(out) if out.exists() else []:
             _complete(path)
@@ -286,7 +290,7 @@ def test_killed_run_leaves_no_partial_file_and_resumes(tmp_path):
                 first_out = path
         time.sleep(0.05)
     os.killpg(process.pid, signal.SIGKILL)
-    process.communicate()
+    process.wait()
 
     leftovers = [p for p in out.rglob("*") if p.name.startswith(".")
                  and p.name not in (".bidsignore", LOCK_NAME)]
