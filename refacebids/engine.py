@@ -19,7 +19,7 @@ from scipy import ndimage as ndi
 from . import modalities
 from .core import warp
 from .core.geometry import to_ants, world_grid, world_to_voxel
-from .core.image import to_raw, write_like
+from .core.image import header_warnings, scrubbed_header, to_raw, write_like
 from .core.intensity import SKIN_PROFILE_MM, distribution_distance
 from .core.noise import local_noise_sd
 from .core.registration import MIN_PEAK_RATIO, WORKING_RESOLUTION_MM, register_template
@@ -202,7 +202,9 @@ def replace_face(
 
     out_file, mask_file = out_dir / "refaced.nii.gz", out_dir / "replaced_mask.nii.gz"
     write_like(raw_out, head, out_file)
-    mask_img = nib.Nifti1Image(replaced.astype(np.uint8), head.affine, head.img.header)
+    mask_img = nib.Nifti1Image(
+        replaced.astype(np.uint8), head.affine, scrubbed_header(head.img.header)
+    )
     mask_img.set_data_dtype(np.uint8)
     mask_img.header.set_slope_inter(None, None)
     mask_img.to_filename(mask_file)
@@ -215,7 +217,7 @@ def replace_face(
         head, refaced, labels, replaced, tpl_registered, tpl_head_level, threshold, expected_face_mm3
     )
     metrics["noise"] = noise_models
-    metrics["warnings"] = quality_warnings(metrics)
+    metrics["warnings"] = quality_warnings(metrics) + header_warnings(head)
     metrics["head_affine_determinant"] = float(np.linalg.det(head_affine[:3, :3]))
     return str(out_file), str(mask_file), metrics
 
@@ -237,8 +239,7 @@ def quality_warnings(metrics: dict) -> list[str]:
 
 def _metrics(head, refaced, labels, replaced, tpl_registered, tpl_head_level, threshold, expected_face_mm3) -> dict:
     protected = labels == warp.PROTECTED
-    before, after = head.raw, refaced.raw
-    changed = before != after
+    changed = _stored_differently(head.raw, refaced.raw)
     if changed.ndim == 4:
         changed = changed.any(axis=3)
     original, new = head.reference(), refaced.reference()
@@ -310,6 +311,16 @@ def _template_data(template) -> TemplateData:
         subcutaneous=float(np.median(t1w[subcutaneous])),
     )
 
+
+
+def _stored_differently(before: np.ndarray, after: np.ndarray) -> np.ndarray:
+    """Voxels whose stored bytes differ (a NaN kept as NaN is unchanged, unlike ``!=``)."""
+    if before.dtype.kind == "f":
+        native = before.dtype.newbyteorder("=")
+        as_int = np.dtype(f"u{native.itemsize}")
+        return (np.ascontiguousarray(before, native).view(as_int)
+                != np.ascontiguousarray(after, native).view(as_int))
+    return before != after
 
 
 def _subsample(mask: np.ndarray, limit: int, rng) -> np.ndarray:

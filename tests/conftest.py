@@ -142,21 +142,28 @@ def _stub_init_reface_wf(*, modality, template, omp_nthreads=1, mem_gb=1.6, fram
 
     def fake_reface(in_file, template_name):
         import json
+        import os
+        import time
         from pathlib import Path
 
         import nibabel as nib
         import numpy as np
 
-        img = nib.load(in_file)
+        from refacebids.core.image import load_head_image, write_like
+
+        # Tests that need a run to last (two runs at once) slow it down.
+        time.sleep(float(os.environ.get("REFACEBIDS_TEST_STUB_DELAY", "0")))
         # Reading the data raises on a truncated or corrupt file, as the engine would.
-        raw = np.asanyarray(img.dataobj).copy()
+        head = load_head_image(in_file)
+        img, raw = head.img, head.raw.copy()
         # "Replace" the first 5 slices along j with the maximum so that the output differs
-        # from the input wherever the mask says so, and only there.
+        # from the input wherever the mask says so, and only there. The engine's writer
+        # is used, so that header scrubbing is exercised.
         mask = np.zeros(img.shape[:3], "uint8")
         mask[:, :5, :] = 1
         raw[mask.astype(bool)] = raw.max()
         out = Path("refaced.nii.gz").absolute()
-        nib.Nifti1Image(raw, img.affine, img.header).to_filename(out)
+        write_like(raw, head, out)
         mask_file = Path("mask.nii.gz").absolute()
         nib.Nifti1Image(mask, img.affine).to_filename(mask_file)
         xfm = Path("xfm.h5").absolute()

@@ -19,6 +19,7 @@ from refacebids.cli.run import main
 OPTIONS = [
     "--participant-label", "--session-label", "--nprocs", "--omp-nthreads", "--work-dir",
     "--output-layout", "--template", "--skip-bids-validation", "--reports-only", "--version",
+    "--keep-sidecar-field", "--scrub-tables",
 ]
 
 

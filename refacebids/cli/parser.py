@@ -137,6 +137,29 @@ def build_parser() -> argparse.ArgumentParser:
         "labels are registered from the embedded template into the work directory)",
     )
     parser.add_argument(
+        "--keep-sidecar-field",
+        dest="keep_sidecar_field",
+        action="append",
+        default=[],
+        metavar="FIELD",
+        help="keep this sidecar field although it identifies a person, visit, site or "
+        "device (repeatable); by default names, IDs, birth dates, addresses, dates, "
+        "physicians and operators, institution, station and device serial number, and "
+        "free-text comments are removed from every sidecar written (the list is "
+        "refacebids.utils.deidentify.IDENTIFYING_SIDECAR_FIELDS); what was removed is "
+        "listed in the provenance",
+    )
+    parser.add_argument(
+        "--scrub-tables",
+        dest="scrub_tables",
+        nargs="+",
+        default=[],
+        metavar="COLUMN",
+        help="with --output-layout release: remove these columns from participants.tsv, "
+        "*_sessions.tsv and *_scans.tsv (and their JSON data dictionaries) in the "
+        "release; participant_id, session_id and filename are always kept",
+    )
+    parser.add_argument(
         "--skip-bids-validation",
         "--skip_bids_validation",
         dest="skip_bids_validation",

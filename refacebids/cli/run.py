@@ -25,6 +25,7 @@ os.environ.setdefault("TEMPLATEFLOW_USE_DATALAD", "0")
 
 from ..utils.threads import use_itk_threads  # noqa: E402
 from .execution import describe, execution_from_options, prepare_batch_jobs  # noqa: E402
+from ..utils.lock import folder_lock  # noqa: E402
 from .parser import build_parser, check_paths  # noqa: E402
 
 LOGGER = logging.getLogger("refacebids")
@@ -36,6 +37,9 @@ def main(argv=None) -> int:
     parser = build_parser()
     opts = parser.parse_args(argv)
     opts.argv = sys.argv[1:] if argv is None else list(argv)
+    if opts.scrub_tables and opts.output_layout != "release":
+        parser.error("--scrub-tables needs --output-layout release (only a release copies "
+                     "the tables)")
     try:
         bids_dir, output_dir = check_paths(opts.bids_dir, opts.output_dir)
         work_dir = _check_work_dir(opts.work_dir, bids_dir, output_dir)
@@ -73,8 +77,24 @@ def main(argv=None) -> int:
 
 def _run_participant(opts, bids_dir, output_dir, work_dir, execution) -> dict:
     """Reface the selected images; return ``{relpath: reason}`` of those that failed."""
-    from ..templates import load_template
     from ..utils.bids import collect_images
+
+    jobs = collect_images(
+        bids_dir,
+        opts.participant_label,
+        opts.session_label,
+        validate=not opts.skip_bids_validation,
+    )
+    if not jobs:
+        LOGGER.warning("nothing to do: no image matched the selection")
+        return {}
+    # Taken before anything is written, held until everything is.
+    with folder_lock(output_dir), folder_lock(work_dir, "the work dir"):
+        return _reface(opts, jobs, bids_dir, output_dir, work_dir, execution)
+
+
+def _reface(opts, jobs, bids_dir, output_dir, work_dir, execution) -> dict:
+    from ..templates import load_template
     from ..workflows.base import ImageBuildError, image_wf_name, init_refacebids_wf, qc_dir
     from ..reports.build import build_subject_reports
     from ..workflows.outputs import (
@@ -86,28 +106,23 @@ def _run_participant(opts, bids_dir, output_dir, work_dir, execution) -> dict:
 
     command_line = " ".join(["refacebids", *map(str, opts.argv)])
 
-    jobs = collect_images(
-        bids_dir,
-        opts.participant_label,
-        opts.session_label,
-        validate=not opts.skip_bids_validation,
-    )
     selected = list(jobs)
     LOGGER.info("found %d image(s) to reface in %s", len(jobs), bids_dir)
-    if not jobs:
-        LOGGER.warning("nothing to do: no image matched the selection")
-        return {}
+    # Found before any reading: content not fetched, sidecar not valid JSON.
+    failures = {job.relpath: job.problem for job in jobs if job.problem}
+    jobs = [job for job in jobs if not job.problem]
     template = load_template(opts.template, work_dir=work_dir)
     LOGGER.info("template %s (%s), sha256 %s", template.name, template.path, template.sha256)
 
     derivatives_dir = qc_dir(output_dir, work_dir, opts.output_layout)
     with_ct = any(job.datatype == "ct" for job in jobs)
     if opts.output_layout == "release":
-        prepare_release(bids_dir, output_dir, jobs)
+        prepare_release(bids_dir, output_dir, jobs,
+                        keep_sidecar_fields=opts.keep_sidecar_field,
+                        scrub_columns=opts.scrub_tables)
         LOGGER.info("release: masks, transforms and figures go to %s", derivatives_dir)
     write_derivatives_description(derivatives_dir, bids_dir, with_ct=with_ct)
 
-    failures = {}
     while True:
         try:
             workflow = init_refacebids_wf(
@@ -119,6 +134,7 @@ def _run_participant(opts, bids_dir, output_dir, work_dir, execution) -> dict:
                 output_layout=opts.output_layout,
                 bids_dir=bids_dir,
                 command_line=command_line,
+                keep_sidecar_fields=tuple(opts.keep_sidecar_field),
             )
             break
         except ImageBuildError as exc:

@@ -13,6 +13,17 @@ from dataclasses import dataclass
 import nibabel as nib
 import numpy as np
 
+from .. import __version__
+
+#: What the ``descrip`` field of every image refacebids writes says (the input's free
+#: text there may name the subject, the site or the protocol).
+DESCRIP_MARKER = f"refaced by refacebids {__version__}"
+#: Free-text header fields cleared on writing (``db_name``/``data_type`` are unused
+#: ANALYZE leftovers of NIfTI-1 that converters have filled with names).
+CLEARED_TEXT_FIELDS = ("aux_file", "intent_name", "db_name", "data_type")
+#: qform and sform further apart than this (mm, at any corner of the grid) disagree.
+AFFINE_DISAGREEMENT_MM = 0.1
+
 
 class ImageError(ValueError):
     """An input image that cannot be refaced; the message is one line for the user."""
@@ -95,7 +106,56 @@ def load_head_image(path) -> HeadImage:
         raise ImageError("image is empty (all voxels zero or non-finite)")
     if not np.all(np.isfinite(img.affine)) or abs(np.linalg.det(img.affine[:3, :3])) < 1e-6:
         raise ImageError("image affine is not invertible")
+    if img.header["qform_code"] == 0 and img.header["sform_code"] == 0:
+        # nibabel would fall back to a bare scaling whose left-right and front-back
+        # are a guess: the face could be looked for at the back of the head.
+        raise ImageError(
+            "no orientation in the header (qform_code and sform_code are both 0); "
+            "set the image's orientation first"
+        )
     return head
+
+
+def header_warnings(head: HeadImage) -> list[str]:
+    """What in an accepted image a reviewer should know about, one sentence each.
+
+    Non-finite voxels are kept as stored outside the replaced region (the guarantee
+    that nothing else changes) and become finite face voxels inside it. When qform and
+    sform disagree, the sform is used (as nibabel and FSL do); both are written back
+    unchanged.
+    """
+    warnings = []
+    if head.raw.dtype.kind == "f":
+        nonfinite = int(np.count_nonzero(~np.isfinite(head.raw)))
+        if nonfinite:
+            warnings.append(f"{nonfinite} NaN/Inf voxel(s) in the input; those outside the "
+                            "replaced region are kept as they are")
+    header = head.img.header
+    if header["qform_code"] > 0 and header["sform_code"] > 0:
+        corners = np.array([[i, j, k, 1] for i in (0, 1) for j in (0, 1) for k in (0, 1)])
+        corners[:, :3] *= np.array(head.raw.shape[:3]) - 1
+        offset = corners @ (header.get_qform() - header.get_sform()).T
+        distance = float(np.max(np.linalg.norm(offset[:, :3], axis=1)))
+        if distance > AFFINE_DISAGREEMENT_MM:
+            warnings.append(f"qform and sform disagree by up to {distance:.1f} mm; the sform "
+                            "was used")
+    return warnings
+
+
+def scrubbed_header(header):
+    """A copy of a NIfTI header without its free text and extensions.
+
+    ``descrip`` becomes :data:`DESCRIP_MARKER`, the fields of
+    :data:`CLEARED_TEXT_FIELDS` are emptied, and every extension (which may hold a
+    whole DICOM header) is dropped. Geometry, codes, dtype and scaling are kept.
+    """
+    header = header.copy()
+    header["descrip"] = DESCRIP_MARKER.encode()[:79]
+    for name in CLEARED_TEXT_FIELDS:
+        if name in header:
+            header[name] = b""
+    header.extensions.clear()
+    return header
 
 
 def to_raw(values: np.ndarray, like: HeadImage) -> np.ndarray:
@@ -123,8 +183,11 @@ def to_raw(values: np.ndarray, like: HeadImage) -> np.ndarray:
 
 
 def write_like(raw: np.ndarray, like: HeadImage, path) -> None:
-    """Write raw values with ``like``'s header: same shape, affine, codes, dtype and scaling."""
-    header = like.img.header.copy()
+    """Write raw values with ``like``'s header: same shape, affine, codes, dtype and scaling.
+
+    The header's free text and extensions are scrubbed (:func:`scrubbed_header`).
+    """
+    header = scrubbed_header(like.img.header)
     out = type(like.img)(raw.reshape(like.img.shape), None, header)
     out.header.set_slope_inter(
         like.slope if (like.slope, like.inter) != (1.0, 0.0) else None,

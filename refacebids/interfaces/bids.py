@@ -57,6 +57,7 @@ class _WriteRefacedInputSpec(BaseInterfaceInputSpec):
     metrics_file = File(exists=True, mandatory=True, desc="engine metrics JSON")
     metadata = traits.Dict(desc="original sidecar metadata to carry over")
     extra_metadata = traits.Dict(desc="fields added to the sidecar (Sources, SkullStripped)")
+    removed_fields = traits.List(traits.Str, desc="identifying fields removed from metadata")
     start_time = traits.Str(mandatory=True, desc="ISO 8601 time the image was started")
     out_path = traits.Str(mandatory=True, desc="absolute destination path of the image")
     command_line = traits.Str(desc="the command that refaced the image, for the provenance")
@@ -90,6 +91,7 @@ class WriteRefaced(SimpleInterface):
             start_time=self.inputs.start_time,
             end_time=datetime.now(timezone.utc).isoformat(timespec="seconds"),
             command_line=self.inputs.command_line or None,
+            removed_fields=self.inputs.removed_fields or [],
         )
         self._results["out_file"] = str(out_path)
         self._results["out_json"] = str(write_json(sidecar_path(out_path), sidecar))

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import shutil
 import subprocess
@@ -65,6 +66,9 @@ class ImageJob:
         What the engine is told the image is (see :data:`MODALITIES`).
     metadata : dict
         Sidecar metadata with inheritance applied.
+    problem : str or None
+        Why the image cannot be processed, found before reading it (content not
+        fetched, sidecar not valid JSON); one line for the user.
     """
 
     path: Path
@@ -76,6 +80,7 @@ class ImageJob:
     entities: dict = field(hash=False)
     modality: str
     metadata: dict = field(hash=False, repr=False)
+    problem: str | None = None
 
     @property
     def extension(self) -> str:
@@ -202,7 +207,10 @@ def validate_dataset(bids_dir: Path) -> None:
     errors = [
         issue
         for issue in issues
-        if issue.get("severity") == "error" and not _is_ct_issue(issue)
+        if issue.get("severity") == "error"
+        and not _is_ct_issue(issue)
+        # Reported per image, with what to do (see content_missing).
+        and not content_missing(bids_dir / issue.get("location", "").lstrip("/"))
     ]
     if errors:
         shown = "; ".join(
@@ -257,7 +265,7 @@ def collect_images(
     list of ImageJob
         Sorted by relative path.
     """
-    from bids import BIDSLayout
+    from bids import BIDSLayout, BIDSLayoutIndexer
 
     bids_dir = Path(bids_dir).resolve()
     if not (bids_dir / "dataset_description.json").is_file():
@@ -274,7 +282,13 @@ def collect_images(
                 "bids-validator-deno is not installed: only file names are checked (pybids)"
             )
             use_pybids_validation = True
-    layout = BIDSLayout(bids_dir, validate=use_pybids_validation)
+    # Metadata is read per image (_inherited_metadata), so that one unreadable sidecar
+    # fails its image, not the indexing of the whole dataset.
+    layout = BIDSLayout(
+        bids_dir,
+        validate=use_pybids_validation,
+        indexer=BIDSLayoutIndexer(validate=use_pybids_validation, index_metadata=False),
+    )
 
     known_subjects = set(layout.get_subjects()) | {
         p.name[4:] for p in bids_dir.glob("sub-*") if p.is_dir()
@@ -293,17 +307,16 @@ def collect_images(
         if reason:
             skipped.setdefault(reason, []).append(relpath)
             continue
-        jobs.append(_make_job(path, relpath, layout.get_metadata(str(path))))
-    # pybids does not know CT: it may leave the files out (validate=True) or index
-    # them without metadata; they are found here and their sidecars merged following
-    # the same inheritance principle.
+        jobs.append(_make_job(bids_dir, path, relpath))
+    # pybids does not know CT: it may leave the files out (validate=True); they are
+    # found here.
     jobs = [job for job in jobs if job.datatype != "ct"]
     for path in sorted(bids_dir.glob("sub-*/ct/*_ct.nii*")) + sorted(
         bids_dir.glob("sub-*/ses-*/ct/*_ct.nii*")
     ):
         relpath = path.relative_to(bids_dir).as_posix()
         if is_face_image(relpath):
-            jobs.append(_make_job(path, relpath, _inherited_metadata(bids_dir, relpath)))
+            jobs.append(_make_job(bids_dir, path, relpath))
 
     selected = []
     for job in sorted(jobs, key=lambda j: j.relpath):
@@ -333,8 +346,15 @@ def _skip_reason(relpath: str) -> str | None:
     return None
 
 
-def _make_job(path: Path, relpath: str, metadata: dict) -> ImageJob:
+def _make_job(bids_dir: Path, path: Path, relpath: str) -> ImageJob:
     entities, suffix, _ = parse_name(path.name)
+    problem = content_missing(path)
+    metadata = {}
+    if not problem:
+        try:
+            metadata = _inherited_metadata(bids_dir, relpath)
+        except SidecarError as exc:
+            problem = str(exc)
     return ImageJob(
         path=path,
         relpath=relpath,
@@ -345,7 +365,28 @@ def _make_job(path: Path, relpath: str, metadata: dict) -> ImageJob:
         entities=entities,
         modality=MODALITIES[suffix],
         metadata=dict(metadata),
+        problem=problem,
     )
+
+
+def content_missing(path: Path) -> str | None:
+    """Why a file's content is not there, or None when it is.
+
+    A DataLad/git-annex dataset holds every file as a symbolic link into
+    ``.git/annex/objects``; until ``datalad get`` fetches it, the link is broken.
+    """
+    path = Path(path)
+    if not path.is_symlink() or path.exists():
+        return None
+    target = os.readlink(path)
+    if "annex/objects" in target:
+        return (f"content not present (a DataLad/git-annex file that was not fetched); "
+                f"run `datalad get {path}` first")
+    return f"broken symbolic link to {target}"
+
+
+class SidecarError(BIDSError):
+    """A JSON sidecar that cannot be read; the message names it."""
 
 
 def _inherited_metadata(bids_dir: Path, relpath: str) -> dict:
@@ -353,6 +394,11 @@ def _inherited_metadata(bids_dir: Path, relpath: str) -> dict:
 
     A sidecar applies when it sits in the image's folder or above it and its entities
     are a subset of the image's with the same suffix; the closer one wins.
+
+    Raises
+    ------
+    SidecarError
+        When one of them is not fetched, not readable or not a JSON object.
     """
     entities, suffix, _ = parse_name(Path(relpath).name)
     folders = [bids_dir]
@@ -373,8 +419,24 @@ def _inherited_metadata(bids_dir: Path, relpath: str) -> dict:
         # Within a folder the sidecar with fewer entities is the more general one:
         # apply it first so that more specific values override it.
         for _, _, sidecar in sorted(applicable):
-            metadata.update(json.loads(sidecar.read_text()))
+            metadata.update(_read_sidecar(sidecar, bids_dir))
     return metadata
+
+
+def _read_sidecar(sidecar: Path, bids_dir: Path) -> dict:
+    relpath = sidecar.relative_to(bids_dir).as_posix()
+    missing = content_missing(sidecar)
+    if missing:
+        raise SidecarError(f"sidecar {relpath}: {missing}")
+    try:
+        data = json.loads(sidecar.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SidecarError(f"sidecar {relpath} is not readable ({exc})") from None
+    except json.JSONDecodeError as exc:
+        raise SidecarError(f"sidecar {relpath} is not valid JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise SidecarError(f"sidecar {relpath} is not a JSON object")
+    return data
 
 
 def sidecar_path(image) -> Path:

@@ -40,7 +40,7 @@ def software_versions() -> dict:
 
 
 def refaced_sidecar(*, metadata, metrics, in_file, out_file, start_time, end_time,
-                    command_line=None) -> dict:
+                    command_line=None, removed_fields=()) -> dict:
     """Sidecar of a refaced image: the original metadata plus a provenance object.
 
     Parameters
@@ -55,6 +55,9 @@ def refaced_sidecar(*, metadata, metrics, in_file, out_file, start_time, end_tim
         ISO 8601 times.
     command_line : str, optional
         The command that refaced the image, as typed (shown in the reports).
+    removed_fields : list of str
+        Names of the identifying fields removed from the original sidecar (values
+        are not recorded).
     """
     template = metrics.get("template", {})
     provenance = {
@@ -66,6 +69,7 @@ def refaced_sidecar(*, metadata, metrics, in_file, out_file, start_time, end_tim
         "ReplacedVoxels": metrics.get("replaced_voxels"),
         "Quality": {key: metrics.get(key) for key in QUALITY_KEYS if key in metrics},
         "Warnings": metrics.get("warnings", []),
+        "RemovedSidecarFields": sorted(removed_fields),
         "InputSHA256": sha256(in_file),
         "OutputSHA256": sha256(out_file),
         "StartTime": start_time,

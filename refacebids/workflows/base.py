@@ -27,7 +27,8 @@ class ImageBuildError(RuntimeError):
 
 
 def init_refacebids_wf(*, jobs, output_dir, work_dir, template, omp_nthreads,
-                       output_layout, bids_dir, command_line="", name="refacebids_wf"):
+                       output_layout, bids_dir, command_line="", keep_sidecar_fields=(),
+                       name="refacebids_wf"):
     """Reface every selected image and write the results.
 
     Workflow Graph
@@ -65,6 +66,8 @@ def init_refacebids_wf(*, jobs, output_dir, work_dir, template, omp_nthreads,
         Input dataset.
     command_line : str
         The command being run, recorded in each sidecar's provenance.
+    keep_sidecar_fields : tuple of str
+        Identifying sidecar fields to keep (``--keep-sidecar-field``).
     name : str
         Workflow name (keep it stable: the cache in ``work_dir`` is found by name).
 
@@ -97,13 +100,14 @@ def init_refacebids_wf(*, jobs, output_dir, work_dir, template, omp_nthreads,
                 omp_nthreads=omp_nthreads,
                 output_layout=output_layout,
                 command_line=command_line,
+                keep_sidecar_fields=keep_sidecar_fields,
             )
         ])
     return workflow
 
 
 def init_image_wf(*, job, output_dir, derivatives_dir, template, omp_nthreads,
-                  output_layout, command_line="", name=None):
+                  output_layout, command_line="", keep_sidecar_fields=(), name=None):
     """Reface one image and write its outputs.
 
     Parameters
@@ -111,7 +115,7 @@ def init_image_wf(*, job, output_dir, derivatives_dir, template, omp_nthreads,
     job : refacebids.utils.bids.ImageJob
     output_dir, derivatives_dir : Path
         See :func:`refacebids.workflows.outputs.init_outputs_wf`.
-    template, omp_nthreads, output_layout, command_line
+    template, omp_nthreads, output_layout, command_line, keep_sidecar_fields
         See :func:`init_refacebids_wf`.
     name : str, optional
         Defaults to a name derived from the image's file name (:attr:`ImageJob.node_name`),
@@ -148,6 +152,7 @@ def init_image_wf(*, job, output_dir, derivatives_dir, template, omp_nthreads,
         output_layout=output_layout,
         template_name=template.name,
         command_line=command_line,
+        keep_sidecar_fields=keep_sidecar_fields,
     )
 
     workflow.connect([

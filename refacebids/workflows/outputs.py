@@ -38,7 +38,14 @@ from niworkflows.engine.workflows import LiterateWorkflow as Workflow
 from .. import __version__
 from ..interfaces.bids import WriteFile, WriteRefaced, WriteReportlets
 from ..utils.atomic import atomic_copy, atomic_open, write_json, write_text
-from ..utils.bids import is_head_image, sidecar_path
+from ..utils.bids import content_missing, is_head_image, sidecar_path
+from ..utils.deidentify import (
+    is_table,
+    scrub_data_dictionary,
+    scrub_sidecar,
+    scrub_sidecar_file,
+    scrub_table,
+)
 
 LOGGER = logging.getLogger("refacebids")
 
@@ -57,7 +64,7 @@ RELEASE_EXCLUDED_FOLDERS = ("sourcedata", "derivatives")
 
 
 def init_outputs_wf(*, job, output_dir, derivatives_dir, output_layout, template_name,
-                    command_line="", name="outputs_wf"):
+                    command_line="", keep_sidecar_fields=(), name="outputs_wf"):
     """Write the results of one refaced image into the output dataset.
 
     Workflow Graph
@@ -88,6 +95,9 @@ def init_outputs_wf(*, job, output_dir, derivatives_dir, output_layout, template
         Name of the template, used in the transform's ``from-`` entity.
     command_line : str
         The command being run, recorded in the sidecar's provenance.
+    keep_sidecar_fields : tuple of str
+        Identifying sidecar fields kept nonetheless (see
+        :data:`refacebids.utils.deidentify.IDENTIFYING_SIDECAR_FIELDS`).
     name : str
         Workflow name.
 
@@ -120,6 +130,7 @@ def init_outputs_wf(*, job, output_dir, derivatives_dir, output_layout, template
         metadata = job.metadata
         # SkullStripped is required for derivative images; the brain is untouched.
         extra_metadata = {"Sources": [source_uri], "SkullStripped": False}
+    metadata, removed_fields = scrub_sidecar(metadata, keep_sidecar_fields)
     mask_path = derivatives_dir / job.folder / job.filename(
         mod=job.suffix, suffix="defacemask", extension=".nii.gz"
     )
@@ -142,7 +153,8 @@ def init_outputs_wf(*, job, output_dir, derivatives_dir, output_layout, template
 
     ds_image = pe.Node(
         WriteRefaced(out_path=str(image_path), metadata=metadata,
-                     extra_metadata=extra_metadata, command_line=command_line),
+                     extra_metadata=extra_metadata, command_line=command_line,
+                     removed_fields=removed_fields),
         name="ds_image",
         run_without_submitting=True,
     )
@@ -233,7 +245,8 @@ def write_derivatives_description(derivatives_dir, bids_dir, *, with_ct=False) -
                     else DERIVATIVES_BIDSIGNORE[:-1])
 
 
-def prepare_release(bids_dir, output_dir, jobs) -> None:
+def prepare_release(bids_dir, output_dir, jobs, *, keep_sidecar_fields=(),
+                    scrub_columns=()) -> None:
     """Copy the input dataset into ``output_dir``, leaving out every original face.
 
     Files are hard-linked when the file system allows it (no space used; a later
@@ -243,6 +256,13 @@ def prepare_release(bids_dir, output_dir, jobs) -> None:
     refaced in this run, so it may show a face), ``sourcedata/``, ``derivatives/``
     and hidden folders. Images of other datatypes (func, dwi, fmap, ...) are copied
     as they are.
+
+    Identifying metadata is left out too: every JSON sidecar copied loses the fields
+    of :data:`refacebids.utils.deidentify.IDENTIFYING_SIDECAR_FIELDS` (but
+    ``keep_sidecar_fields``), and ``participants.tsv``, ``*_sessions.tsv`` and
+    ``*_scans.tsv`` lose the columns ``scrub_columns`` (and their data dictionaries
+    the entries). A file whose content is not present (DataLad) or a sidecar that is
+    not valid JSON is left out, with a warning.
     """
     bids_dir, output_dir = Path(bids_dir), Path(output_dir)
     selected = {job.relpath for job in jobs}
@@ -264,8 +284,24 @@ def prepare_release(bids_dir, output_dir, jobs) -> None:
     # The own sidecar of a refaced image is rewritten with provenance; that of a face
     # image left out would describe a missing file.
     sidecars_of_faces = {str(sidecar_path(rel)) for rel in selected | set(not_refaced)}
+    tables = {rel for rel in copies if is_table(rel)}
     for rel in copies:
-        if rel not in sidecars_of_faces:
+        if rel in sidecars_of_faces:
+            continue
+        missing = content_missing(bids_dir / rel)
+        if missing:
+            LOGGER.warning("release: %s is left out: %s", rel, missing)
+        elif rel in tables and scrub_columns:
+            _copy_table(bids_dir / rel, output_dir / rel, scrub_columns)
+        elif rel.endswith(".json") and _is_sidecar(rel):
+            _copy_sidecar(bids_dir / rel, output_dir / rel, keep_sidecar_fields)
+        elif rel.endswith(".json") and scrub_columns and rel[:-5] + ".tsv" in tables:
+            text = scrub_data_dictionary((bids_dir / rel).read_text(), scrub_columns)
+            if text is None:
+                _link_or_copy(bids_dir / rel, output_dir / rel)
+            else:
+                write_text(output_dir / rel, text)
+        else:
             _link_or_copy(bids_dir / rel, output_dir / rel)
     if not_refaced:
         LOGGER.info(
@@ -317,6 +353,36 @@ def write_group_audit(output_dir, table: str, summary: dict) -> tuple[Path, Path
     _add_bidsignore(output_dir, GROUP_AUDIT_BIDSIGNORE)
     return (write_text(output_dir / "group_audit.tsv", table),
             write_json(output_dir / "group_audit.json", summary))
+
+
+def _is_sidecar(rel: str) -> bool:
+    """A JSON file describing data files (not a dataset or table description)."""
+    name = Path(rel).name
+    descriptions = ("dataset_description.json", "participants.json", "genetic_info.json")
+    return name not in descriptions and not name.endswith(("_sessions.json", "_scans.json"))
+
+
+def _copy_sidecar(src: Path, dst: Path, keep) -> None:
+    try:
+        scrubbed = scrub_sidecar_file(src, keep)
+    except ValueError as exc:
+        LOGGER.warning("release: %s is left out: it may hold identifiers and is %s", src, exc)
+        return
+    if scrubbed is None:
+        _link_or_copy(src, dst)
+    else:
+        text, removed = scrubbed
+        write_text(dst, text)
+        LOGGER.info("release: %s without %s", dst.name, ", ".join(removed))
+
+
+def _copy_table(src: Path, dst: Path, columns) -> None:
+    text, removed = scrub_table(src.read_text(encoding="utf-8"), columns)
+    if removed:
+        write_text(dst, text)
+        LOGGER.info("release: %s without column(s) %s", dst.name, ", ".join(removed))
+    else:
+        _link_or_copy(src, dst)
 
 
 def _link_or_copy(src: Path, dst: Path) -> None:
