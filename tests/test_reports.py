@@ -93,7 +93,8 @@ def _engine_stand_in(in_file, template_name, cases):
     return str(out), str(mask), str(xfm), str(metrics_file), reportlets
 
 
-def _stand_in_reface_wf(*, modality, template, omp_nthreads=1, name="reface_wf"):
+def _stand_in_reface_wf(*, modality, template, omp_nthreads=1, mem_gb=1.6, frame_durations=None,
+                        name="reface_wf"):
     from nipype.interfaces import utility as niu
     from nipype.pipeline import engine as pe
 

@@ -350,7 +350,7 @@ def write_group_audit(output_dir, table: str, summary: dict) -> tuple[Path, Path
     Both are listed in its ``.bidsignore``, so the output stays a valid BIDS dataset.
     """
     output_dir = Path(output_dir)
-    _add_bidsignore(output_dir, GROUP_AUDIT_BIDSIGNORE)
+    add_bidsignore(output_dir, GROUP_AUDIT_BIDSIGNORE)
     return (write_text(output_dir / "group_audit.tsv", table),
             write_json(output_dir / "group_audit.json", summary))
 
