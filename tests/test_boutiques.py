@@ -43,6 +43,10 @@ def test_command_boutiques_builds_is_the_one_the_parser_reads(tmp_path):
         "output_layout": "release",
         "template": "MNI152EXT",
         "skip_bids_validation": True,
+        "keep_sidecar_field": ["DeviceSerialNumber", "InstitutionName"],
+        "scrub_tables": ["age", "handedness"],
+        "reports_only": True,
+        "audit": True,
     }
     # Every input of the descriptor is exercised, and every option of the parser.
     ids = {item["id"] for item in json.loads(DESCRIPTOR.read_text())["inputs"]}
@@ -58,3 +62,6 @@ def test_command_boutiques_builds_is_the_one_the_parser_reads(tmp_path):
     assert opts.use_plugin == Path(invocation["use_plugin"])
     assert opts.work_dir == Path(invocation["work_dir"])
     assert opts.output_layout == "release" and opts.skip_bids_validation
+    assert opts.keep_sidecar_field == ["DeviceSerialNumber", "InstitutionName"]
+    assert opts.scrub_tables == ["age", "handedness"]
+    assert opts.reports_only and opts.audit

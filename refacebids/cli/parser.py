@@ -139,7 +139,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--keep-sidecar-field",
         dest="keep_sidecar_field",
-        action="append",
+        action="extend",  # repeatable, and several after one flag (as Boutiques writes lists)
+        nargs="+",
         default=[],
         metavar="FIELD",
         help="keep this sidecar field although it identifies a person, visit, site or "
