@@ -59,15 +59,20 @@ PET_SIDECAR = {
 def pytest_addoption(parser):
     parser.addoption("--run-slow", action="store_true", default=False,
                      help="also run tests marked slow (the full engine on real heads)")
+    parser.addoption("--run-extended", action="store_true", default=False,
+                     help="also run tests marked extended (the costliest evidence runs, "
+                     "beyond CI's 30-minute budget)")
 
 
 def pytest_collection_modifyitems(config, items):
-    if config.getoption("--run-slow"):
-        return
-    skip = pytest.mark.skip(reason="slow: enable with --run-slow")
+    skips = {
+        "slow": (config.getoption("--run-slow"), "slow: enable with --run-slow"),
+        "extended": (config.getoption("--run-extended"), "extended: enable with --run-extended"),
+    }
     for item in items:
-        if "slow" in item.keywords:
-            item.add_marker(skip)
+        for keyword, (enabled, reason) in skips.items():
+            if keyword in item.keywords and not enabled:
+                item.add_marker(pytest.mark.skip(reason=reason))
 
 
 @pytest.fixture(scope="session", autouse=True)

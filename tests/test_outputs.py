@@ -290,6 +290,7 @@ def test_demo_dataset_with_the_engine(tmp_path, tmp_path_factory, layout):
 
 
 @pytest.mark.slow
+@pytest.mark.extended  # tests/test_pet_ct.py covers the engine; this, the app around it
 def test_pet_and_ct_refaced_by_the_app(tmp_path):
     """The real engine through the app on a dynamic PET and a CT (formerly refused).
 
