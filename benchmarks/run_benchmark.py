@@ -153,6 +153,11 @@ def whole_command(in_file: Path, work: Path, modality: str, metadata: dict) -> t
         "participant", "-w", str(work / "work"), "--nprocs", "1", "--omp-nthreads", "2",
         "--skip-bids-validation",
     ]
+    return timed_command(command)
+
+
+def timed_command(command: list[str]) -> tuple[float, float]:
+    """Wall seconds and peak RSS (GB, largest child process) of one command."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     start = time.perf_counter()
     subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
@@ -187,12 +192,7 @@ def throughput_run(bids: Path, work: Path, nprocs: int) -> tuple[float, float]:
         "participant", "-w", str(work / "work"), "--nprocs", str(nprocs),
         "--omp-nthreads", "1", "--skip-bids-validation",
     ]
-    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    start = time.perf_counter()
-    subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
-    wall = time.perf_counter() - start
-    peak_kb = max(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, before)
-    return wall, peak_kb / 1024**2
+    return timed_command(command)
 
 
 def throughput_table(data: Path, participants: int) -> str:
