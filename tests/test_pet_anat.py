@@ -22,7 +22,7 @@ from scipy import ndimage as ndi
 from refacebids.cli.run import main
 from refacebids.core.anat import compose_through, register_rigid
 from refacebids.core.pet import registration_image
-from refacebids.core.warp import FACE
+from refacebids.core.warp import FACE, TISSUE_LABELS
 from refacebids.templates import load_template
 
 from . import measures
@@ -38,6 +38,7 @@ MAX_RIGID_ERROR_MM = 1.0
 FRAMES_S = (300.0, 600.0, 900.0)
 PET_VOXEL_MM = 3.0
 MOVED_SHARE = 0.90
+MIN_CUT_DICE_THROUGH_T1W = 0.95
 
 
 def rigid_motion(degrees_x: float, degrees_z: float, shift_mm) -> np.ndarray:
@@ -125,6 +126,86 @@ def test_rigid_to_the_t1w_recovers_a_known_motion_and_composes(tmp_path):
         assert np.abs(ants_points(points, composed) - chained).max() < 1e-3
 
 
+def test_composed_transform_failing_the_check_falls_back_to_the_own_registration(
+        tmp_path, monkeypatch):
+    """A T1w transform that misplaces the template (identity: the template 30 mm off this
+    head) fails the scalp-overlap check; the image's own registration is used and the
+    record says why. The own registration is the engine's, tested elsewhere: stood in."""
+    import ants
+
+    from refacebids import engine, through_anat
+
+    own = {"composite": "own.h5", "similarity": -0.6, "head_dice": 0.8, "peak_ratio": 1.6,
+           "ok": True, "settings": {"stages": ["Rigid", "Affine", "SyN"], "path": "own"}}
+    calls = []
+    monkeypatch.setattr(engine, "register_image",
+                        lambda *args, **kwargs: calls.append((args, kwargs)) or dict(own))
+    misplaced = str(tmp_path / "identity.h5")
+    ants.write_transform(ants.create_ants_transform(transform_type="AffineTransform",
+                                                    dimension=3), misplaced)
+    record_file = tmp_path / "anat_registration.json"
+    record_file.write_text(json.dumps({"settings": {"stages": ["Rigid", "Affine", "SyN"]}}))
+    # The head moved, as a second image of the session would be (an identical copy makes
+    # the rigid optimiser wander at its optimum for all its iterations).
+    img = nib.load(HEAD)
+    image = tmp_path / "moved.nii.gz"
+    nib.Nifti1Image(moved(img.get_fdata(dtype=np.float32), img.affine, MOTION, img.affine,
+                          img.shape), img.affine).to_filename(image)
+    work = tmp_path / "work"
+    work.mkdir()
+    record = through_anat.register_through_anat(image, HEAD, misplaced, record_file,
+                                                load_template(), work, modality="T1w")
+    assert len(calls) == 1 and record["ok"] and record["composite"] == "own.h5"
+    assert record["settings"]["path"] == "own" and record["settings"]["anat"]["ok"] is False
+    assert record["warnings"] == [record["warnings"][0]]
+    assert record["warnings"][0].startswith("registration through t1w_xa30_2mm.nii.gz failed")
+    assert json.loads((work / "registration.json").read_text()) == record
+
+
+def test_graph_waits_for_the_session_t1w_only_with_auto():
+    """The PET's register node takes the T1w's transform; none, or no T1w, no such edge."""
+    from nipype.pipeline.engine.utils import generate_expanded_graph
+
+    from refacebids.utils.bids import ImageJob
+    from refacebids.workflows.base import init_refacebids_wf
+
+    def job(relpath, suffix, session):
+        entities = {"sub": "01", **({"ses": session} if session else {})}
+        return ImageJob(Path("/data") / relpath, relpath, "01", session,
+                        "pet" if suffix == "pet" else "anat", suffix, entities, suffix, {})
+
+    t1w = job("sub-01/ses-1/anat/sub-01_ses-1_T1w.nii.gz", "T1w", "1")
+    pet = job("sub-01/ses-1/pet/sub-01_ses-1_pet.nii.gz", "pet", "1")
+    lone_pet = job("sub-01/ses-2/pet/sub-01_ses-2_pet.nii.gz", "pet", "2")
+    for pet_anat, expected in [("auto", {("T1w", "ses_1_pet")}), ("none", set())]:
+        workflow = init_refacebids_wf(
+            jobs=[t1w, pet, lone_pet], output_dir=Path("/out"), work_dir=Path("/work"),
+            template=load_template(), omp_nthreads=1, output_layout="derivatives",
+            bids_dir=Path("/data"), pet_anat=pet_anat)
+        graph = generate_expanded_graph(workflow._create_flat_graph())
+        edges = {(u.fullname, v.fullname, tuple(sorted(c[1] for c in data["connect"])))
+                 for u, v, data in graph.edges(data=True)
+                 if "T1w" in u.fullname and "_pet_" in v.fullname}
+        found = {("T1w" if ".reface_wf.register" in u else u, "ses_1_pet" if "ses_1_pet" in v else v)
+                 for u, v, ports in edges if ports == ("anat_registration", "anat_xfm")}
+        assert found == expected
+        if expected:  # the T1w's registration, straight into the PET's registration
+            assert {v.rsplit(".", 1)[-1] for _, v, _ in edges} == {"register"}
+
+
+def test_methods_say_which_images_went_through_their_t1w():
+    from refacebids.reports.methods import dataset_methods, methods_paragraph
+
+    through = methods_paragraph("pet", "MNI152EXT", registration={"path": "anat"})
+    assert "aligned rigidly to the T1w of its session" in through
+    assert "aligned rigidly" not in methods_paragraph("pet", "MNI152EXT")
+    provenance = {"Template": {"Name": "MNI152EXT"}, "Software": {"refacebids": "0.1.0"}}
+    images = [("T1w", {**provenance, "Registration": {"path": "own"}}),
+              ("pet", {**provenance, "Registration": {"path": "anat"}})]
+    text = dataset_methods(images)
+    assert text.count("aligned rigidly") == 1 and "pet images whose session had a T1w" in text
+
+
 def _pet_session(root: Path) -> dict:
     """A BIDS session with the real T1w and a dynamic PET simulated from it, moved."""
     img = nib.load(HEAD)
@@ -173,7 +254,7 @@ def test_pet_registered_through_the_session_t1w(tmp_path):
     mean_before = np.average(original.get_fdata(dtype=np.float32), axis=3, weights=FRAMES_S)
     skin = 0.5 * float(np.median(mean_before[session["scalp"]]))
 
-    moved_share = {}
+    moved_share, cut_dice = {}, {}
     for pet_anat in ("auto", "none"):
         out = tmp_path / f"out-{pet_anat}"
         # One work dir: the second run takes the T1w from the first one's cache.
@@ -192,8 +273,15 @@ def test_pet_registered_through_the_session_t1w(tmp_path):
 
         # The face as the T1w's own registration found it, carried by the known motion: the
         # same region for both runs, independent of how the PET was registered.
-        t1w_labels = next(work.glob("**/image_sub_01_ses_1_T1w_anat_wf/reface_wf/mask/labels.nii*"))
-        face = session["to_pet"](np.asanyarray(nib.load(t1w_labels).dataobj) == FACE)
+        t1w_labels = np.asanyarray(nib.load(next(work.glob(
+            "**/image_sub_01_ses_1_T1w_anat_wf/reface_wf/mask/labels.nii*"))).dataobj)
+        face = session["to_pet"](t1w_labels == FACE)
+        # And the face cut: the PET's labels against the T1w's, carried by the known motion.
+        pet_labels = np.asanyarray(nib.load(next(work.glob(
+            "**/image_sub_01_ses_1_trc_FDG_pet_pet_wf/reface_wf/mask/labels.nii*"))).dataobj)
+        t1w_cut = session["to_pet"](np.isin(t1w_labels, TISSUE_LABELS))
+        pet_cut = np.isin(pet_labels, TISSUE_LABELS)
+        cut_dice[pet_anat] = 2 * np.sum(t1w_cut & pet_cut) / (t1w_cut.sum() + pet_cut.sum())
         mean_after = np.average(refaced.get_fdata(dtype=np.float32), axis=3, weights=FRAMES_S)
         moved_share[pet_anat] = measures.face_moved_fraction(
             mean_before, mean_after, face, session["zooms"], level=skin)
@@ -203,7 +291,8 @@ def test_pet_registered_through_the_session_t1w(tmp_path):
         assert written == {**session["sidecar"], "Sources": [f"bids:raw:{stem}_pet.nii.gz"],
                            "SkullStripped": False}
         registration = provenance["Registration"]
-        print(f"--pet-anat {pet_anat} ({seconds:.0f} s): face moved {moved_share[pet_anat]:.1%}, registration "
+        print(f"--pet-anat {pet_anat} ({seconds:.0f} s): face moved {moved_share[pet_anat]:.1%}, "
+              f"face cut Dice with the T1w's {cut_dice[pet_anat]:.3f}, registration "
               f"{json.dumps({k: v for k, v in registration.items() if k != 'composite'})}")
         if pet_anat == "auto":
             # The rigid PET -> T1w transform against the known motion.
@@ -221,3 +310,5 @@ def test_pet_registered_through_the_session_t1w(tmp_path):
         else:
             assert registration["path"] == "own" and "anat" not in registration
     assert min(moved_share.values()) >= MOVED_SHARE
+    # Through the T1w the PET's face cut is the T1w's own, up to the 3 mm grid.
+    assert cut_dice["auto"] >= MIN_CUT_DICE_THROUGH_T1W
