@@ -24,9 +24,9 @@ import numpy as np
 from ..utils.threads import use_itk_threads
 from .registration import WORKING_RESOLUTION_MM, working_image
 
-# Coarse to fine over the 2 mm working images (8, 4, 2 mm). A rigid fit of one head
-# converges well within these: on a real T1w head and a PET simulated from it, moved
-# 6 degrees and 11 mm, more iterations changed the fit by < 0.3 mm.
+# Coarse to fine over the 2 mm working images (8, 4, 2 mm). On a real T1w head and a
+# PET simulated from it, moved 6 and 4 degrees and 11 mm, the fit lies within 0.8 mm of
+# the known motion over the whole head (mean 0.3 mm; tests/test_pet_anat.py) in ~4 s.
 RIGID_SHRINK_FACTORS = (4, 2, 1)
 RIGID_SMOOTHING_VOXELS = (2, 1, 0)
 RIGID_ITERATIONS = (200, 100, 50)
@@ -147,7 +147,7 @@ def compose_through(rigid_file: str, anat_composite: str, out_file: str) -> str:
             if key != "TransformGroup":
                 anat.copy(value, out, name=key)
         groups = out.create_group("TransformGroup")
-        parts = [anat["TransformGroup"][name] for name in _ordered(anat["TransformGroup"])]
+        parts = [anat["TransformGroup"][name] for name in sorted(anat["TransformGroup"], key=int)]
         if parts[0]["TransformType"][0].decode().startswith("CompositeTransform"):
             header, parts = parts[0], parts[1:]
             anat.copy(header, groups, name="0")
@@ -160,7 +160,3 @@ def compose_through(rigid_file: str, anat_composite: str, out_file: str) -> str:
             part.file.copy(part, groups, name=str(len(groups)))
     shutil.move(tmp, out_file)
     return out_file
-
-
-def _ordered(groups) -> list[str]:
-    return sorted(groups, key=int)
