@@ -193,6 +193,60 @@ def test_graph_waits_for_the_session_t1w_only_with_auto():
             assert {v.rsplit(".", 1)[-1] for _, v, _ in edges} == {"register"}
 
 
+def _register_stand_in(in_file, anat_xfm=None):
+    """A registration that fails on the T1w, as the engine's check would."""
+    if "_T1w" in in_file:
+        raise RuntimeError("template registration failed (stand-in)")
+    return (in_file,) * 6
+
+
+def _reface_stand_in(*, modality, template, through_anat=False, name="reface_wf", **_):
+    """Only a register node, feeding every output: a PET behind a failed T1w never runs."""
+    from nipype.interfaces import utility as niu
+    from nipype.pipeline import engine as pe
+
+    fields = ["out_file", "mask_file", "xfm_file", "registration_file", "metrics_file",
+              "reportlets"]
+    anat_fields = ["anat_file", "anat_xfm", "anat_registration"] if through_anat else []
+    workflow = pe.Workflow(name=name)
+    inputnode = pe.Node(niu.IdentityInterface(fields=["in_file", *anat_fields]), name="inputnode")
+    outputnode = pe.Node(niu.IdentityInterface(fields=fields), name="outputnode")
+    register = pe.Node(niu.Function(function=_register_stand_in,
+                                    input_names=["in_file", *anat_fields[1:2]],
+                                    output_names=fields), name="register")
+    workflow.connect([
+        (inputnode, register, [("in_file", "in_file")]
+         + ([("anat_xfm", "anat_xfm")] if through_anat else [])),
+        (register, outputnode, [(f, f) for f in fields]),
+    ])
+    return workflow
+
+
+def test_pet_behind_a_failed_t1w_is_reported_with_that_reason(tmp_path, monkeypatch, capfd):
+    import sys
+    import types
+
+    module = types.ModuleType("refacebids.workflows.reface")
+    module.init_reface_wf = _reface_stand_in
+    monkeypatch.setitem(sys.modules, "refacebids.workflows.reface", module)
+    bids = tmp_path / "bids"
+    t1w = "sub-01/ses-1/anat/sub-01_ses-1_T1w.nii.gz"
+    pet = "sub-01/ses-1/pet/sub-01_ses-1_trc-FDG_pet.nii.gz"
+    for relpath in (t1w, pet):
+        (bids / relpath).parent.mkdir(parents=True)
+        shutil.copyfile(HEAD, bids / relpath)
+    (bids / pet.replace(".nii.gz", ".json")).write_text(json.dumps(PET_SIDECAR))
+    (bids / "dataset_description.json").write_text(
+        json.dumps({"Name": "pet-anat", "BIDSVersion": "1.10.0"}))
+    assert main([str(bids), str(tmp_path / "out"), "participant", "-w", str(tmp_path / "work"),
+                 "--skip-bids-validation"]) == 1
+    assert capfd.readouterr().err.splitlines() == [
+        f"refacebids: ERROR: {t1w}: template registration failed (stand-in)",
+        f"refacebids: ERROR: {pet}: its session's T1w {t1w} failed, and --pet-anat auto "
+        "registers it through the T1w; rerun with --pet-anat none",
+    ]
+
+
 def test_methods_say_which_images_went_through_their_t1w():
     from refacebids.reports.methods import dataset_methods, methods_paragraph
 
