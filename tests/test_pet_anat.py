@@ -212,7 +212,7 @@ def _reface_stand_in(*, modality, template, through_anat=False, name="reface_wf"
     inputnode = pe.Node(niu.IdentityInterface(fields=["in_file", *anat_fields]), name="inputnode")
     outputnode = pe.Node(niu.IdentityInterface(fields=fields), name="outputnode")
     register = pe.Node(niu.Function(function=_register_stand_in,
-                                    input_names=["in_file", *anat_fields[1:2]],
+                                    input_names=["in_file", "anat_xfm"] if through_anat else ["in_file"],
                                     output_names=fields), name="register")
     workflow.connect([
         (inputnode, register, [("in_file", "in_file")]
