@@ -136,7 +136,7 @@ def bids_dataset(tmp_path) -> Path:
 
 
 def _stub_init_reface_wf(*, modality, template, omp_nthreads=1, mem_gb=1.6, frame_durations=None,
-                         name="reface_wf"):
+                         through_anat=False, name="reface_wf"):
     """Stand-in for the engine: sets a slab of the image to its maximum, as its "face".
 
     It fails like the engine does on an image it cannot read, which is what the
@@ -185,9 +185,12 @@ def _stub_init_reface_wf(*, modality, template, omp_nthreads=1, mem_gb=1.6, fram
         return str(out), str(mask_file), str(xfm), str(metrics), [str(png)]
 
     workflow = pe.Workflow(name=name)
-    inputnode = pe.Node(niu.IdentityInterface(fields=["in_file"]), name="inputnode")
+    # The inputs and outputs a PET registered through its session's T1w is connected by.
+    anat_fields = ["anat_file", "anat_xfm", "anat_registration"] if through_anat else []
+    inputnode = pe.Node(niu.IdentityInterface(fields=["in_file", *anat_fields]), name="inputnode")
     outputnode = pe.Node(niu.IdentityInterface(
-        fields=["out_file", "mask_file", "xfm_file", "metrics_file", "reportlets"]),
+        fields=["out_file", "mask_file", "xfm_file", "registration_file", "metrics_file",
+                "reportlets"]),
         name="outputnode")
     fields = ["out_file", "mask_file", "xfm_file", "metrics_file", "reportlets"]
     stub = pe.Node(niu.Function(function=fake_reface, input_names=["in_file", "template_name"],

@@ -42,6 +42,7 @@ def test_command_boutiques_builds_is_the_one_the_parser_reads(tmp_path):
         "work_dir": str(tmp_path / "work"),
         "output_layout": "release",
         "template": "MNI152EXT",
+        "pet_anat": "none",
         "skip_bids_validation": True,
         "keep_sidecar_field": ["DeviceSerialNumber", "InstitutionName"],
         "scrub_tables": ["age", "handedness"],
@@ -62,6 +63,7 @@ def test_command_boutiques_builds_is_the_one_the_parser_reads(tmp_path):
     assert opts.use_plugin == Path(invocation["use_plugin"])
     assert opts.work_dir == Path(invocation["work_dir"])
     assert opts.output_layout == "release" and opts.skip_bids_validation
+    assert opts.pet_anat == "none"
     assert opts.keep_sidecar_field == ["DeviceSerialNumber", "InstitutionName"]
     assert opts.scrub_tables == ["age", "handedness"]
     assert opts.reports_only and opts.audit

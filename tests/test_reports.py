@@ -94,7 +94,7 @@ def _engine_stand_in(in_file, template_name, cases):
 
 
 def _stand_in_reface_wf(*, modality, template, omp_nthreads=1, mem_gb=1.6, frame_durations=None,
-                        name="reface_wf"):
+                        through_anat=False, name="reface_wf"):  # no PET here: never through a T1w
     from nipype.interfaces import utility as niu
     from nipype.pipeline import engine as pe
 

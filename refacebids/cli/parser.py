@@ -137,6 +137,17 @@ def build_parser() -> argparse.ArgumentParser:
         "labels are registered from the embedded template into the work directory)",
     )
     parser.add_argument(
+        "--pet-anat",
+        "--pet_anat",
+        dest="pet_anat",
+        choices=["auto", "none"],
+        default="auto",
+        help="'auto': a PET whose subject and session have a T1w refaced in the same run is "
+        "aligned rigidly to that T1w (mutual information) and reuses the T1w's template "
+        "registration (its own registration if that fails the check); 'none': every PET is "
+        "registered on its own. The PET sidecar's provenance says which was used",
+    )
+    parser.add_argument(
         "--keep-sidecar-field",
         dest="keep_sidecar_field",
         action="extend",  # repeatable, and several after one flag (as Boutiques writes lists)

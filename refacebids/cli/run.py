@@ -95,7 +95,13 @@ def _run_participant(opts, bids_dir, output_dir, work_dir, execution) -> dict:
 
 def _reface(opts, jobs, bids_dir, output_dir, work_dir, execution) -> dict:
     from ..templates import load_template
-    from ..workflows.base import ImageBuildError, image_wf_name, init_refacebids_wf, qc_dir
+    from ..workflows.base import (
+        ImageBuildError,
+        anat_for_pet,
+        image_wf_name,
+        init_refacebids_wf,
+        qc_dir,
+    )
     from ..reports.build import build_subject_reports
     from ..workflows.outputs import (
         finalize_release,
@@ -135,6 +141,7 @@ def _reface(opts, jobs, bids_dir, output_dir, work_dir, execution) -> dict:
                 bids_dir=bids_dir,
                 command_line=command_line,
                 keep_sidecar_fields=tuple(opts.keep_sidecar_field),
+                pet_anat=opts.pet_anat,
             )
             break
         except ImageBuildError as exc:
@@ -150,11 +157,21 @@ def _reface(opts, jobs, bids_dir, output_dir, work_dir, execution) -> dict:
         LOGGER.info("running with %s", describe(execution))
         _run_workflow(workflow, work_dir, crash_dir, execution)
         crashes = _crash_reasons(crash_dir)
-        for job in jobs:
+        anat_of = anat_for_pet(jobs) if opts.pet_anat == "auto" else {}
+
+        def crash_of(job):
             name = image_wf_name(job)
-            reason = next((r for node, r in crashes.items() if f".{name}." in f".{node}."), None)
+            return next((r for node, r in crashes.items() if f".{name}." in f".{node}."), None)
+
+        for job in jobs:
+            reason = crash_of(job)
             if reason is None and not refaced_path(job, output_dir, opts.output_layout).exists():
-                reason = "no refaced image was written"
+                # A PET registered through its session's T1w does not run when the T1w's
+                # registration failed.
+                anat = anat_of.get(job)
+                reason = (f"its session's T1w {anat.relpath} failed, and --pet-anat auto "
+                          "registers it through the T1w; rerun with --pet-anat none"
+                          if anat is not None and crash_of(anat) else "no refaced image was written")
             if reason is None:
                 LOGGER.info("done: %s", job.relpath)
             else:

@@ -55,6 +55,13 @@ def _downsample(image, resolution: float):
     return ants.resample_image(image, target, use_voxels=False, interp_type=0)
 
 
+def working_image(volume: np.ndarray, affine: np.ndarray):
+    """The ANTs image registered: ``volume`` (I, J, K) clipped at its 99.8th percentile
+    (a few hot voxels must not squeeze the histogram) at ``WORKING_RESOLUTION_MM``."""
+    clipped = np.clip(volume, *np.percentile(volume, [0.0, 99.8]))
+    return _downsample(to_ants(clipped, affine), WORKING_RESOLUTION_MM)
+
+
 def register_template(
     reference: np.ndarray,
     affine: np.ndarray,
@@ -92,8 +99,7 @@ def register_template(
     ants.config._random_seed = seed  # antspyx reads the seed from here only
     Path(out_prefix).parent.mkdir(parents=True, exist_ok=True)
 
-    clipped = np.clip(reference, *np.percentile(reference, [0.0, 99.8]))
-    fixed = _downsample(to_ants(clipped, affine), WORKING_RESOLUTION_MM)
+    fixed = working_image(reference, affine)
     moving = ants.image_read(str(template_file))
 
     rigid = ants.registration(
@@ -136,6 +142,7 @@ def register_template(
             "syn_iterations": [40, 20, 0],
             "initialisation": "centres of mass",
             "random_seed": seed,
+            "path": "own",
         },
     )
 

@@ -49,15 +49,58 @@ class RegisterTemplate(SimpleInterface):
             modality=self.inputs.modality,
             frame_durations=self.inputs.frame_durations or None,
         )
-        if not record["ok"]:
-            raise engine.RegistrationFailed(
-                f"template registration failed (scalp overlap {record['head_dice']:.2f} is not "
-                f"a peak: {record['peak_ratio']:.2f} < {engine.MIN_PEAK_RATIO} of the overlap "
-                f"8 mm off); not refaced"
-            )
+        _raise_unless_ok(record)
         self._results["composite"] = record["composite"]
         self._results["registration"] = os.path.join(runtime.cwd, "registration.json")
         return runtime
+
+
+class _RegisterThroughAnatInputSpec(_RegisterInputSpec):
+    anat_file = File(exists=True, mandatory=True, desc="T1w of the image's session")
+    anat_xfm = File(exists=True, mandatory=True, desc="the T1w's template -> T1w transform")
+    anat_registration = File(exists=True, mandatory=True,
+                             desc="the T1w's registration record (JSON)")
+
+
+class RegisterThroughAnat(SimpleInterface):
+    """Register the template to the image through its session's T1w (``--pet-anat auto``).
+
+    Rigid to the T1w, then the T1w's template transform; the image's own registration
+    when the composed transform fails the check (see :mod:`refacebids.through_anat`).
+    """
+
+    input_spec = _RegisterThroughAnatInputSpec
+    output_spec = _RegisterOutputSpec
+
+    def _run_interface(self, runtime):
+        from ..through_anat import register_through_anat
+
+        use_itk_threads(self.inputs.num_threads)
+        record = register_through_anat(
+            self.inputs.in_file,
+            self.inputs.anat_file,
+            self.inputs.anat_xfm,
+            self.inputs.anat_registration,
+            load_template(self.inputs.template),
+            runtime.cwd,
+            seed=self.inputs.seed,
+            threads=self.inputs.num_threads,
+            modality=self.inputs.modality,
+            frame_durations=self.inputs.frame_durations or None,
+        )
+        _raise_unless_ok(record)
+        self._results["composite"] = record["composite"]
+        self._results["registration"] = os.path.join(runtime.cwd, "registration.json")
+        return runtime
+
+
+def _raise_unless_ok(record: dict) -> None:
+    if not record["ok"]:
+        raise engine.RegistrationFailed(
+            f"template registration failed (scalp overlap {record['head_dice']:.2f} is not "
+            f"a peak: {record['peak_ratio']:.2f} < {engine.MIN_PEAK_RATIO} of the overlap "
+            f"8 mm off); not refaced"
+        )
 
 
 class _MasksInputSpec(BaseInterfaceInputSpec):
@@ -136,6 +179,8 @@ class ReplaceFace(SimpleInterface):
             "peak_ratio": registration["peak_ratio"],
             "ok": registration["ok"],
         }
+        # A registration through the session's T1w that fell back says so.
+        metrics["warnings"] = registration.get("warnings", []) + metrics["warnings"]
         metrics["template"] = {"name": template.name, "sha256": template.sha256}
         if metrics["protected_voxels_changed"] or metrics["changed_voxels_outside_replaced"]:
             raise RuntimeError("refacing changed voxels it must not touch; output withheld")

@@ -100,7 +100,7 @@ table learned from the subject's tissue outside the face, and the subject's own 
 profile for the new skin) with noise matching the image's, and feathered into the \
 surrounding tissue. Every voxel outside the replaced \
 region was verified to be unchanged, and an output failing this check was withheld.\
-{_modality_sentences(modality)}
+{_modality_sentences(modality)}{THROUGH_ANAT_METHODS if settings.get("path") == "anat" else ""}
 """
 
 
@@ -117,6 +117,14 @@ MODALITY_METHODS = {
         "and dental metal near the jaw were replaced."
     ),
 }
+
+
+#: Said of an image registered through its session's T1w (``--pet-anat auto``).
+THROUGH_ANAT_METHODS = (
+    " The image was aligned rigidly to the T1w of its session (antspyx, Mattes mutual "
+    f"information, at {WORKING_RESOLUTION_MM:g} mm), and the template reached it through the "
+    "T1w's registration."
+)
 
 
 def _modality_sentences(modality: str) -> str:
@@ -158,6 +166,14 @@ def dataset_methods(images: list[tuple[str, dict]]) -> str:
     first = images[0][1]
     text = image_methods(modality, first).replace(f"The {modality} image was",
                                                    f"Each {modality} image was")
+    # Which images went through their session's T1w is said once, for all of them.
+    text = text.replace(THROUGH_ANAT_METHODS, "")
+    through_anat = sorted({m for m, p in images if (p.get("Registration") or {}).get("path") == "anat"})
+    if through_anat:
+        text = text.rstrip("\n") + (
+            f" {' and '.join(through_anat)} images whose session had a T1w were aligned rigidly "
+            f"to it (antspyx, Mattes mutual information, at {WORKING_RESOLUTION_MM:g} mm), and "
+            "the template reached them through the T1w's registration.\n")
     versions = sorted({(p.get("Software") or {}).get("refacebids") or "?" for _, p in images})
     templates = sorted({(p.get("Template") or {}).get("Name") or "?" for _, p in images})
     if len(versions) > 1 or len(templates) > 1:
@@ -192,4 +208,4 @@ def _registration_settings(provenance: dict) -> dict:
     registration = dict(provenance.get("Registration") or {})
     # Older sidecars and stand-ins may lack some settings; keep only the ones recorded.
     return {key: value for key, value in registration.items()
-            if key in (*CURRENT_REGISTRATION, "syn_iterations") and value}
+            if key in (*CURRENT_REGISTRATION, "syn_iterations", "path") and value}

@@ -1,7 +1,9 @@
 """The top-level refacebids workflow: one refacing branch per input image.
 
 Branches share no node, so when one image fails (a crash file names its node) the
-others run to the end; :mod:`refacebids.cli.run` maps crash files back to images.
+others run to the end; :mod:`refacebids.cli.run` maps crash files back to images. The
+one dependency between branches: with ``--pet-anat auto`` a PET's registration waits
+for the template registration of its session's T1w (:func:`anat_for_pet`).
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ class ImageBuildError(RuntimeError):
 
 def init_refacebids_wf(*, jobs, output_dir, work_dir, template, omp_nthreads,
                        output_layout, bids_dir, command_line="", keep_sidecar_fields=(),
-                       name="refacebids_wf"):
+                       pet_anat="auto", name="refacebids_wf"):
     """Reface every selected image and write the results.
 
     Workflow Graph
@@ -40,10 +42,13 @@ def init_refacebids_wf(*, jobs, output_dir, work_dir, template, omp_nthreads,
             from refacebids.templates import load_template
             from refacebids.utils.bids import ImageJob
             from refacebids.workflows.base import init_refacebids_wf
-            job = ImageJob(Path('/data/sub-01/anat/sub-01_T1w.nii.gz'),
+            t1w = ImageJob(Path('/data/sub-01/anat/sub-01_T1w.nii.gz'),
                            'sub-01/anat/sub-01_T1w.nii.gz', '01', None, 'anat', 'T1w',
                            {'sub': '01'}, 'T1w', {})
-            wf = init_refacebids_wf(jobs=[job], output_dir=Path('/out'),
+            pet = ImageJob(Path('/data/sub-01/pet/sub-01_trc-FDG_pet.nii.gz'),
+                           'sub-01/pet/sub-01_trc-FDG_pet.nii.gz', '01', None, 'pet', 'pet',
+                           {'sub': '01', 'trc': 'FDG'}, 'pet', {})
+            wf = init_refacebids_wf(jobs=[t1w, pet], output_dir=Path('/out'),
                                     work_dir=Path('/work'), template=load_template(),
                                     omp_nthreads=1, output_layout='derivatives',
                                     bids_dir=Path('/data'))
@@ -68,6 +73,11 @@ def init_refacebids_wf(*, jobs, output_dir, work_dir, template, omp_nthreads,
         The command being run, recorded in each sidecar's provenance.
     keep_sidecar_fields : tuple of str
         Identifying sidecar fields to keep (``--keep-sidecar-field``).
+    pet_anat : {"auto", "none"}
+        ``auto``: a PET whose session has a T1w among ``jobs`` is registered through it
+        (rigidly to the T1w, then the T1w's template transform; see
+        :mod:`refacebids.through_anat`), so its branch waits for the T1w's registration.
+        ``none``: every image is registered on its own.
     name : str
         Workflow name (keep it stable: the cache in ``work_dir`` is found by name).
 
@@ -90,24 +100,50 @@ def init_refacebids_wf(*, jobs, output_dir, work_dir, template, omp_nthreads,
         f"{template.name} with SHA-256 {template.sha256[:12]}..., checksums of input "
         "and output)."
     )
-    for job in jobs:
-        workflow.add_nodes([
-            init_image_wf(
-                job=job,
-                output_dir=output_dir,
-                derivatives_dir=qc_dir(output_dir, work_dir, output_layout),
-                template=template,
-                omp_nthreads=omp_nthreads,
-                output_layout=output_layout,
-                command_line=command_line,
-                keep_sidecar_fields=keep_sidecar_fields,
-            )
+    anat_of = anat_for_pet(jobs) if pet_anat == "auto" else {}
+    image_wfs = {
+        job: init_image_wf(
+            job=job,
+            output_dir=output_dir,
+            derivatives_dir=qc_dir(output_dir, work_dir, output_layout),
+            template=template,
+            omp_nthreads=omp_nthreads,
+            output_layout=output_layout,
+            command_line=command_line,
+            keep_sidecar_fields=keep_sidecar_fields,
+            through_anat=job in anat_of,
+        )
+        for job in jobs
+    }
+    workflow.add_nodes(list(image_wfs.values()))
+
+    workflow.connect([
+        (image_wfs[anat], image_wfs[pet], [
+            ("start.in_file", "reface_wf.inputnode.anat_file"),
+            ("reface_wf.outputnode.xfm_file", "reface_wf.inputnode.anat_xfm"),
+            ("reface_wf.outputnode.registration_file", "reface_wf.inputnode.anat_registration"),
         ])
+        for pet, anat in anat_of.items()
+    ])  # fmt:skip
     return workflow
 
 
+def anat_for_pet(jobs) -> dict:
+    """``{PET job: T1w job}`` for each PET whose subject and session have a T1w in ``jobs``.
+
+    Of several T1w images of a session, the first by path is used (the same every run).
+    """
+    t1w_of_session = {}
+    for job in sorted(jobs, key=lambda job: job.relpath):
+        if job.suffix == "T1w":
+            t1w_of_session.setdefault((job.subject, job.session), job)
+    return {job: t1w_of_session[(job.subject, job.session)] for job in jobs
+            if job.modality == "pet" and (job.subject, job.session) in t1w_of_session}
+
+
 def init_image_wf(*, job, output_dir, derivatives_dir, template, omp_nthreads,
-                  output_layout, command_line="", keep_sidecar_fields=(), name=None):
+                  output_layout, command_line="", keep_sidecar_fields=(), through_anat=False,
+                  name=None):
     """Reface one image and write its outputs.
 
     Parameters
@@ -117,6 +153,9 @@ def init_image_wf(*, job, output_dir, derivatives_dir, template, omp_nthreads,
         See :func:`refacebids.workflows.outputs.init_outputs_wf`.
     template, omp_nthreads, output_layout, command_line, keep_sidecar_fields
         See :func:`init_refacebids_wf`.
+    through_anat : bool
+        Register through the session's T1w: the caller connects the T1w branch to
+        ``reface_wf.inputnode.anat_*`` (see :func:`refacebids.workflows.reface.init_reface_wf`).
     name : str, optional
         Defaults to a name derived from the image's file name (:attr:`ImageJob.node_name`),
         which :mod:`refacebids.cli.run` uses to trace crash files back to the image.
@@ -141,7 +180,7 @@ def init_image_wf(*, job, output_dir, derivatives_dir, template, omp_nthreads,
         reface_wf = init_reface_wf(
             modality=job.modality, template=template, omp_nthreads=omp_nthreads,
             mem_gb=image_peak_gb(job.path), frame_durations=_frame_durations(job),
-            name="reface_wf",
+            through_anat=through_anat, name="reface_wf",
         )
     except Exception as exc:  # the engine refuses this image; others still run
         raise ImageBuildError(job, _one_line(exc)) from exc

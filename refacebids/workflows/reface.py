@@ -6,7 +6,7 @@ from nipype.interfaces import utility as niu
 from nipype.pipeline import engine as pe
 from niworkflows.engine.workflows import LiterateWorkflow as Workflow
 
-from ..interfaces.reface import RegisterTemplate, ReplaceFace, WarpLabels
+from ..interfaces.reface import RegisterTemplate, RegisterThroughAnat, ReplaceFace, WarpLabels
 from ..interfaces.reports import FaceReportlets
 from ..reports.methods import methods_paragraph
 
@@ -16,7 +16,7 @@ MODALITIES = (*MRI_MODALITIES, "pet", "ct")
 
 def init_reface_wf(
     *, modality: str, template, omp_nthreads: int = 1, mem_gb: float = 1.6, frame_durations=None,
-    name: str = "reface_wf",
+    through_anat: bool = False, name: str = "reface_wf",
 ):
     """Build the graph that refaces one image.
 
@@ -27,7 +27,7 @@ def init_reface_wf(
 
             from refacebids.templates import load_template
             from refacebids.workflows.reface import init_reface_wf
-            wf = init_reface_wf(modality="T1w", template=load_template())
+            wf = init_reface_wf(modality="pet", template=load_template(), through_anat=True)
 
     Parameters
     ----------
@@ -43,6 +43,10 @@ def init_reface_wf(
         (:func:`refacebids.workflows.resources.image_peak_gb`).
     frame_durations : list of float, optional
         PET ``FrameDuration`` (s): a dynamic PET is registered on its time-weighted mean.
+    through_anat : bool
+        Register through the session's T1w (``--pet-anat auto``): rigidly to the T1w, then
+        the T1w's template transform (:mod:`refacebids.through_anat`); the image's own
+        registration if that fails its check. Adds the ``anat_*`` inputs.
     name : str
         Workflow name.
 
@@ -51,6 +55,9 @@ def init_reface_wf(
     in_file
         Image to reface (3D, or 4D whose volumes share one position: one registration
         serves every volume).
+    anat_file, anat_xfm, anat_registration
+        With ``through_anat``: the session's T1w, and the ``xfm_file`` and
+        ``registration_file`` of its own refacing graph.
 
     Outputs
     -------
@@ -60,6 +67,8 @@ def init_reface_wf(
         uint8 mask of the replaced voxels.
     xfm_file
         Template -> image transform (ITK composite .h5).
+    registration_file
+        The registration record (JSON), for images registered through this one.
     metrics_file
         Quality numbers (JSON): protected voxels changed, face surface moved, noise and
         intensity match, registration similarity.
@@ -72,17 +81,19 @@ def init_reface_wf(
             f"{', '.join(MODALITIES)})"
         )
     workflow = Workflow(name=name)
-    workflow.__desc__ = methods_paragraph(modality, template.name)
-    inputnode = pe.Node(niu.IdentityInterface(fields=["in_file"]), name="inputnode")
+    workflow.__desc__ = methods_paragraph(
+        modality, template.name, registration={"path": "anat"} if through_anat else None)
+    anat_fields = ["anat_file", "anat_xfm", "anat_registration"] if through_anat else []
+    inputnode = pe.Node(niu.IdentityInterface(fields=["in_file", *anat_fields]), name="inputnode")
     outputnode = pe.Node(
-        niu.IdentityInterface(
-            fields=["out_file", "mask_file", "xfm_file", "metrics_file", "reportlets"]
-        ),
+        niu.IdentityInterface(fields=["out_file", "mask_file", "xfm_file", "registration_file",
+                                      "metrics_file", "reportlets"]),
         name="outputnode",
     )
+    register_interface = RegisterThroughAnat if through_anat else RegisterTemplate
     register = pe.Node(
-        RegisterTemplate(template=str(template.path), num_threads=omp_nthreads,
-                         modality=modality, frame_durations=list(frame_durations or [])),
+        register_interface(template=str(template.path), num_threads=omp_nthreads,
+                           modality=modality, frame_durations=list(frame_durations or [])),
         name="register",
         n_procs=omp_nthreads,
         mem_gb=mem_gb,
@@ -95,7 +106,11 @@ def init_reface_wf(
     report = pe.Node(FaceReportlets(), name="report", mem_gb=mem_gb)
 
     workflow.connect([
-        (inputnode, register, [("in_file", "in_file")]),
+        (inputnode, register, [("in_file", "in_file")] + ([
+            ("anat_file", "anat_file"),
+            ("anat_xfm", "anat_xfm"),
+            ("anat_registration", "anat_registration"),
+        ] if through_anat else [])),
         (inputnode, mask, [("in_file", "in_file")]),
         (register, mask, [("composite", "composite")]),
         (inputnode, replace, [("in_file", "in_file")]),
@@ -109,7 +124,8 @@ def init_reface_wf(
             ("mask_file", "mask_file"),
             ("metrics_file", "metrics_file"),
         ]),
-        (register, outputnode, [("composite", "xfm_file")]),
+        (register, outputnode, [("composite", "xfm_file"),
+                                ("registration", "registration_file")]),
         (report, outputnode, [("reportlets", "reportlets")]),
     ])  # fmt:skip
     return workflow
