@@ -40,19 +40,27 @@ class RegisterTemplate(SimpleInterface):
 
     def _run_interface(self, runtime):
         use_itk_threads(self.inputs.num_threads)
-        record = engine.register_image(
+        record = self._register(runtime.cwd)
+        if not record["ok"]:
+            raise engine.RegistrationFailed(
+                f"template registration failed (scalp overlap {record['head_dice']:.2f} is not "
+                f"a peak: {record['peak_ratio']:.2f} < {engine.MIN_PEAK_RATIO} of the overlap "
+                f"8 mm off); not refaced"
+            )
+        self._results["composite"] = record["composite"]
+        self._results["registration"] = os.path.join(runtime.cwd, "registration.json")
+        return runtime
+
+    def _register(self, out_dir: str) -> dict:
+        return engine.register_image(
             self.inputs.in_file,
             load_template(self.inputs.template),
-            runtime.cwd,
+            out_dir,
             seed=self.inputs.seed,
             threads=self.inputs.num_threads,
             modality=self.inputs.modality,
             frame_durations=self.inputs.frame_durations or None,
         )
-        _raise_unless_ok(record)
-        self._results["composite"] = record["composite"]
-        self._results["registration"] = os.path.join(runtime.cwd, "registration.json")
-        return runtime
 
 
 class _RegisterThroughAnatInputSpec(_RegisterInputSpec):
@@ -62,7 +70,7 @@ class _RegisterThroughAnatInputSpec(_RegisterInputSpec):
                              desc="the T1w's registration record (JSON)")
 
 
-class RegisterThroughAnat(SimpleInterface):
+class RegisterThroughAnat(RegisterTemplate):
     """Register the template to the image through its session's T1w (``--pet-anat auto``).
 
     Rigid to the T1w, then the T1w's template transform; the image's own registration
@@ -70,36 +78,21 @@ class RegisterThroughAnat(SimpleInterface):
     """
 
     input_spec = _RegisterThroughAnatInputSpec
-    output_spec = _RegisterOutputSpec
 
-    def _run_interface(self, runtime):
+    def _register(self, out_dir: str) -> dict:
         from ..through_anat import register_through_anat
 
-        use_itk_threads(self.inputs.num_threads)
-        record = register_through_anat(
+        return register_through_anat(
             self.inputs.in_file,
             self.inputs.anat_file,
             self.inputs.anat_xfm,
             self.inputs.anat_registration,
             load_template(self.inputs.template),
-            runtime.cwd,
+            out_dir,
             seed=self.inputs.seed,
             threads=self.inputs.num_threads,
             modality=self.inputs.modality,
             frame_durations=self.inputs.frame_durations or None,
-        )
-        _raise_unless_ok(record)
-        self._results["composite"] = record["composite"]
-        self._results["registration"] = os.path.join(runtime.cwd, "registration.json")
-        return runtime
-
-
-def _raise_unless_ok(record: dict) -> None:
-    if not record["ok"]:
-        raise engine.RegistrationFailed(
-            f"template registration failed (scalp overlap {record['head_dice']:.2f} is not "
-            f"a peak: {record['peak_ratio']:.2f} < {engine.MIN_PEAK_RATIO} of the overlap "
-            f"8 mm off); not refaced"
         )
 
 
