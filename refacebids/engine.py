@@ -24,11 +24,13 @@ from .core.intensity import SKIN_PROFILE_MM, distribution_distance
 from .core.noise import local_noise_sd
 from .core.registration import MIN_PEAK_RATIO, WORKING_RESOLUTION_MM, register_template
 from .core.replace import (
+    FOV_CLEARANCE_MM,
     JOIN_REACH_MM,
     SKIN_OFFSET_MM,
     air_level,
     blended_coordinates,
     edge_weight,
+    field_of_view_depth,
     fit_head_affine,
     sample_at,
     signed_skin_distance,
@@ -89,10 +91,14 @@ def compute_masks(
     reference = head.reference()
     skin = head_mask(reference, head.zooms, modalities.skin_level(reference, modality))
     outside_head = ~ndi.binary_dilation(skin)  # one voxel clear of the skin's partial volume
-    labels = warp.image_labels(shape, head.affine, template, composite, outside_head)
     coarse, coarse_affine = warp.working_reference(shape, head.affine, WORKING_RESOLUTION_MM)
     coords = warp.template_coordinates(coarse, template, composite)
     coarse_labels = warp.image_labels(coords.shape[:3], coarse_affine, template, composite)
+    placement = head_placement(coords, coarse_labels, coarse_affine, _template_data(template))
+    coarse_labels = warp.image_labels(
+        coords.shape[:3], coarse_affine, template, composite, head_affine=placement
+    )
+    labels = warp.image_labels(shape, head.affine, template, composite, outside_head, placement)
     labels_file, coords_file = out_dir / "labels.nii.gz", out_dir / "coords.nii.gz"
     nib.Nifti1Image(labels, head.affine).to_filename(labels_file)
     packed = np.concatenate([coords, coarse_labels[..., None].astype(np.float32)], axis=-1)
@@ -125,6 +131,7 @@ def replace_face(
     coords, coarse_labels = packed[..., :3], np.rint(packed[..., 3]).astype(np.uint8)
     tpl = _template_data(template)
     tpl_head_level = tpl.head_level
+    coarse_affine = coords_img.affine
 
     reference = head.reference()
     threshold = modalities.skin_level(reference, modality)
@@ -140,10 +147,7 @@ def replace_face(
         raise ValueError("the face lies outside the image's field of view")
 
     # Replacement geometry: the head affine inside, the registration at the edges.
-    coarse_affine = coords_img.affine
-    tpl_coarse = sample_at(tpl.t1w, tpl.affine, coords.reshape(-1, 3), tpl.air).reshape(coords.shape[:3])
-    cranium = np.isin(coarse_labels, (0, warp.PROTECTED)) & (tpl_coarse > tpl_head_level)
-    head_affine = fit_head_affine(coords, cranium, coarse_affine)
+    head_affine = head_placement(coords, coarse_labels, coarse_affine, tpl)
     registered_skin_distance = sample_at(
         tpl.signed_distance, tpl.affine, coords.reshape(-1, 3), 1e3
     ).reshape(coords.shape[:3])
@@ -161,10 +165,14 @@ def replace_face(
         [ndi.map_coordinates(blended[..., k], coarse_ijk, order=1, mode="nearest") for k in range(3)],
         axis=1,
     )
+    scale = np.cbrt(abs(np.linalg.det(head_affine[:3, :3])))  # template mm per image mm
     offset = SKIN_OFFSET_MM * (1.0 - ndi.map_coordinates(weight, coarse_ijk, order=1, mode="nearest"))
+    # Raised within the field of view only: a face pushed through its edge would be cut
+    # flat there, where the subject's own nose or chin was cut, and give the cut back.
+    offset = np.minimum(offset, (field_of_view_depth(replaced_idx, labels.shape, zooms) - FOV_CLEARANCE_MM) * scale)
     # The template's anatomy stays where the placement puts it; only its skin is raised.
     template_skin_distance = sample_at(tpl.signed_distance, tpl.affine, sample_points, 1e3)
-    new_skin_distance = (template_skin_distance - offset) / np.cbrt(abs(np.linalg.det(head_affine[:3, :3])))
+    new_skin_distance = (template_skin_distance - offset) / scale
     template_at_voxels = sample_at(tpl.t1w, tpl.affine, sample_points, tpl.air)
     # The image's own skin: how it looks outside the face, and where it was. In front of
     # it (air before) the new face is subcutaneous tissue, never template anatomy that a
@@ -220,6 +228,17 @@ def replace_face(
     metrics["warnings"] = quality_warnings(metrics) + header_warnings(head)
     metrics["head_affine_determinant"] = float(np.linalg.det(head_affine[:3, :3]))
     return str(out_file), str(mask_file), metrics
+
+
+def head_placement(coords, coarse_labels, coarse_affine, tpl: "TemplateData") -> np.ndarray:
+    """Image world to template world as the head outside the face places the template.
+
+    ``coords`` (I, J, K, 3) and ``coarse_labels`` (I, J, K) are the registration's
+    template coordinates and labels on the working grid with ``coarse_affine``.
+    """
+    tpl_coarse = sample_at(tpl.t1w, tpl.affine, coords.reshape(-1, 3), tpl.air).reshape(coords.shape[:3])
+    cranium = np.isin(coarse_labels, (0, warp.PROTECTED)) & (tpl_coarse > tpl.head_level)
+    return fit_head_affine(coords, cranium, coarse_affine)
 
 
 def quality_warnings(metrics: dict) -> list[str]:

@@ -49,7 +49,7 @@ LABELS = {
 # Landmarks (MNI mm) read off MNI152_T1_2mmEXT mid-sagittal and para-sagittal slices.
 HAIRLINE_Z = 58.0  # front hairline, about 5 cm above the brow
 BROW_TOP_Z = 12.0  # upper edge of the brow ridge
-CHIN_BOTTOM_Z = -122.0  # below the chin, including the submental skin
+CHIN_BOTTOM_Z = -146.0  # the template's chin continues to the bottom of its grid (-148)
 FACE_BACK_Y = -6.0  # just in front of the tragus; cheeks and temples lie anterior
 FACE_FRONT_Y = 50.0  # the front of the face (outer canthi, cheekbones) lies anterior
 FACE_HALF_WIDTH_MM = 55.0

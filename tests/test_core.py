@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import nibabel as nib
 import numpy as np
 import pytest
 
 from refacebids.core.intensity import SKIN_PROFILE_MM, fit_skin_profile, skin_profile_weight
 from refacebids.core.noise import NoiseModel, add_noise, local_noise_sd
-from refacebids.core.replace import BLEND_MM, edge_weight, signed_skin_distance
+from refacebids.core import warp
+from refacebids.core.replace import BLEND_MM, edge_weight, field_of_view_depth, signed_skin_distance
+from refacebids.templates import load_template
 from refacebids.core.surface import head_mask
 
 ZOOMS = (1.0, 1.0, 1.0)
@@ -49,9 +52,9 @@ def test_edge_weight_blends_only_where_the_new_face_joins_kept_skin():
     joins[:20] = True  # kept skin before the slab; kept brain after it is no join
     weight = edge_weight(replaced, joins, np.eye(4))
     profile = weight[:, 5, 5]
-    assert profile[19] == 1.0 and profile[20] > 0.9
+    assert profile[19] == 1.0 and profile[20] == pytest.approx(1.0 - 1.0 / BLEND_MM)
     assert profile[20 + int(BLEND_MM)] == 0.0
-    assert np.all(np.diff(profile[20:40]) <= 0)
+    assert np.all(np.diff(profile[20:40]) <= 0) and np.all(np.diff(profile[20:20 + int(BLEND_MM)]) < 0)
     assert profile[59] == 0.0  # against the brain: the head-affine placement, no blend
 
 
@@ -71,3 +74,20 @@ def test_noise_amplitude_follows_the_roughness_share(kind):
     rough = add_noise(signal, model, rng, np.ones(signal.shape, np.float32))
     assert float(np.std(smooth)) == pytest.approx(4.0, rel=0.1)
     assert local_noise_sd(rough, everywhere) == pytest.approx(20.0, rel=0.1)
+
+
+def test_field_of_view_depth_is_the_distance_to_the_nearest_face_of_the_grid():
+    voxels = np.array([[0, 5, 5], [9, 5, 5], [4, 4, 4], [2, 7, 3]])
+    depth = field_of_view_depth(voxels, (10, 10, 10), (1.0, 2.0, 0.5))
+    np.testing.assert_allclose(depth, [0.0, 0.0, 2.0, 1.5])
+
+
+def test_labels_placed_by_an_affine_alone_are_the_template_labels_moved_by_it():
+    template = load_template()
+    dseg_img = nib.load(template.dseg)
+    dseg = np.asanyarray(dseg_img.dataobj)
+    assert np.array_equal(warp.placed_labels(dseg.shape, dseg_img.affine, template, np.eye(4)), dseg)
+    one_voxel_forward = np.eye(4)
+    one_voxel_forward[1, 3] = dseg_img.affine[1, 1]  # image world + 1 voxel along y = template world
+    placed = warp.placed_labels(dseg.shape, dseg_img.affine, template, one_voxel_forward)
+    assert np.array_equal(placed[:, :-1], dseg[:, 1:]) and not placed[:, -1].any()

@@ -40,7 +40,12 @@ def warp_image(
 
 
 def image_labels(
-    shape: tuple, affine: np.ndarray, template, composite: str, outside_head: np.ndarray | None = None
+    shape: tuple,
+    affine: np.ndarray,
+    template,
+    composite: str,
+    outside_head: np.ndarray | None = None,
+    head_affine: np.ndarray | None = None,
 ) -> np.ndarray:
     """Refacing labels on the image grid, protected region included.
 
@@ -58,6 +63,12 @@ def image_labels(
         ``MIN_MARGIN_MM`` from the brain) does not protect it: where the forehead is
         thinner than the margin, protected air in front of the skin would keep a dark
         cleft between the old skin and the new face, through which the old one shows.
+    head_affine : (4, 4) ndarray, optional
+        Image world to template world as the head outside the face places it (see
+        ``refacebids.core.replace.fit_head_affine``). Face labels it puts where the
+        registration put none are added: on real heads SyN sometimes leaves the mouth
+        and chin out (a dental signal void taken for the template's oral cavity, a
+        field of view that ends at the chin), and what is left out stays the subject's.
 
     Returns
     -------
@@ -66,12 +77,30 @@ def image_labels(
     """
     reference = to_ants(np.zeros(shape, np.float32), affine)
     labels = warp_image(template.dseg, reference, composite, "nearestNeighbor").astype(np.uint8)
+    if head_affine is not None:
+        placed = placed_labels(shape, affine, template, head_affine)
+        missed = np.isin(labels, (0, WRAP_AIR)) & np.isin(placed, TISSUE_LABELS)
+        labels[missed] = placed[missed]
     distance = brain_distance(reference, template, composite)
     protected = distance <= PROTECT_MARGIN_MM
     if outside_head is not None:
         protected &= ~(outside_head & (distance > MIN_MARGIN_MM))
     labels[protected] = PROTECTED
     return labels
+
+
+def placed_labels(shape: tuple, affine: np.ndarray, template, head_affine: np.ndarray) -> np.ndarray:
+    """(I, J, K) uint8 refacing labels on the image grid through ``head_affine`` alone.
+
+    ``affine`` is the image's voxel-to-world affine; ``head_affine`` maps image world to
+    template world.
+    """
+    dseg_img = nib.load(str(template.dseg))
+    voxel_to_dseg = np.linalg.inv(dseg_img.affine) @ head_affine @ affine
+    return ndi.affine_transform(
+        np.asanyarray(dseg_img.dataobj).astype(np.uint8), voxel_to_dseg[:3, :3], voxel_to_dseg[:3, 3],
+        output_shape=tuple(shape), output=np.uint8, order=0, mode="constant", cval=0,
+    )
 
 
 def brain_distance(reference, template, composite: str) -> np.ndarray:
