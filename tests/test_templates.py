@@ -35,6 +35,7 @@ def test_unknown_template_is_refused():
 
 
 @pytest.mark.slow
+@pytest.mark.extended
 def test_templateflow_template_from_the_users_home(tmp_path):
     """A TemplateFlow template found in TEMPLATEFLOW_HOME (no network) refaces a head."""
     home = tmp_path / "templateflow" / "tpl-Colin27Local"
