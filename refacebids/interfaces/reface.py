@@ -53,14 +53,16 @@ class RegisterTemplate(SimpleInterface):
 
     def _register(self, out_dir: str) -> dict:
         return engine.register_image(
-            self.inputs.in_file,
-            load_template(self.inputs.template),
-            out_dir,
-            seed=self.inputs.seed,
-            threads=self.inputs.num_threads,
-            modality=self.inputs.modality,
-            frame_durations=self.inputs.frame_durations or None,
+            self.inputs.in_file, load_template(self.inputs.template), out_dir, **self._options()
         )
+
+    def _options(self) -> dict:
+        return {
+            "seed": self.inputs.seed,
+            "threads": self.inputs.num_threads,
+            "modality": self.inputs.modality,
+            "frame_durations": self.inputs.frame_durations or None,
+        }
 
 
 class _RegisterThroughAnatInputSpec(_RegisterInputSpec):
@@ -89,10 +91,7 @@ class RegisterThroughAnat(RegisterTemplate):
             self.inputs.anat_registration,
             load_template(self.inputs.template),
             out_dir,
-            seed=self.inputs.seed,
-            threads=self.inputs.num_threads,
-            modality=self.inputs.modality,
-            frame_durations=self.inputs.frame_durations or None,
+            **self._options(),
         )
 
 
