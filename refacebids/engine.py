@@ -95,10 +95,11 @@ def compute_masks(
     coords = warp.template_coordinates(coarse, template, composite)
     coarse_labels = warp.image_labels(coords.shape[:3], coarse_affine, template, composite)
     placement = head_placement(coords, coarse_labels, coarse_affine, _template_data(template))
-    coarse_labels = warp.image_labels(
-        coords.shape[:3], coarse_affine, template, composite, head_affine=placement
+    coarse_labels = warp.with_placed_face(coarse_labels, coarse_affine, template, placement)
+    labels = warp.with_placed_face(
+        warp.image_labels(shape, head.affine, template, composite, outside_head),
+        head.affine, template, placement,
     )
-    labels = warp.image_labels(shape, head.affine, template, composite, outside_head, placement)
     labels_file, coords_file = out_dir / "labels.nii.gz", out_dir / "coords.nii.gz"
     nib.Nifti1Image(labels, head.affine).to_filename(labels_file)
     packed = np.concatenate([coords, coarse_labels[..., None].astype(np.float32)], axis=-1)

@@ -40,12 +40,7 @@ def warp_image(
 
 
 def image_labels(
-    shape: tuple,
-    affine: np.ndarray,
-    template,
-    composite: str,
-    outside_head: np.ndarray | None = None,
-    head_affine: np.ndarray | None = None,
+    shape: tuple, affine: np.ndarray, template, composite: str, outside_head: np.ndarray | None = None
 ) -> np.ndarray:
     """Refacing labels on the image grid, protected region included.
 
@@ -63,12 +58,6 @@ def image_labels(
         ``MIN_MARGIN_MM`` from the brain) does not protect it: where the forehead is
         thinner than the margin, protected air in front of the skin would keep a dark
         cleft between the old skin and the new face, through which the old one shows.
-    head_affine : (4, 4) ndarray, optional
-        Image world to template world as the head outside the face places it (see
-        ``refacebids.core.replace.fit_head_affine``). Face labels it puts where the
-        registration put none are added: on real heads SyN sometimes leaves the mouth
-        and chin out (a dental signal void taken for the template's oral cavity, a
-        field of view that ends at the chin), and what is left out stays the subject's.
 
     Returns
     -------
@@ -77,16 +66,27 @@ def image_labels(
     """
     reference = to_ants(np.zeros(shape, np.float32), affine)
     labels = warp_image(template.dseg, reference, composite, "nearestNeighbor").astype(np.uint8)
-    if head_affine is not None:
-        placed = placed_labels(shape, affine, template, head_affine)
-        missed = np.isin(labels, (0, WRAP_AIR)) & np.isin(placed, TISSUE_LABELS)
-        labels[missed] = placed[missed]
     distance = brain_distance(reference, template, composite)
     protected = distance <= PROTECT_MARGIN_MM
     if outside_head is not None:
         protected &= ~(outside_head & (distance > MIN_MARGIN_MM))
     labels[protected] = PROTECTED
     return labels
+
+
+def with_placed_face(labels: np.ndarray, affine: np.ndarray, template, head_affine: np.ndarray) -> np.ndarray:
+    """``labels`` (from ``image_labels``) with the face labels ``head_affine`` places.
+
+    ``head_affine`` maps image world to template world as the head outside the face
+    places it (see ``refacebids.core.replace.fit_head_affine``). Its face labels are
+    added where the registration put none: on real heads SyN sometimes leaves the mouth
+    and chin out (a dental signal void taken for the template's oral cavity, a field of
+    view that ends at the chin), and what is left out stays the subject's. Protected
+    voxels stay protected.
+    """
+    placed = placed_labels(labels.shape, affine, template, head_affine)
+    missed = np.isin(labels, (0, WRAP_AIR)) & np.isin(placed, TISSUE_LABELS)
+    return np.where(missed, placed, labels)
 
 
 def placed_labels(shape: tuple, affine: np.ndarray, template, head_affine: np.ndarray) -> np.ndarray:
