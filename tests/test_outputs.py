@@ -12,6 +12,9 @@ import hashlib
 import json
 import os
 import re
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import nibabel as nib
@@ -20,7 +23,13 @@ import pytest
 
 from refacebids import __version__
 from refacebids.cli.run import main
-from refacebids.utils.atomic import atomic_copy, atomic_open, write_json, write_nifti
+from refacebids.utils.atomic import (
+    atomic_copy,
+    atomic_open,
+    remove_stale_temporaries,
+    write_json,
+    write_nifti,
+)
 from refacebids.utils.bids import is_face_image, is_head_image
 
 from .conftest import REPO, T2W, validate
@@ -248,6 +257,33 @@ def test_interrupted_write_keeps_the_old_file(tmp_path):
             raise RuntimeError("interrupted")
     assert json.loads(target.read_text()) == {"old": True}
     assert [p.name for p in tmp_path.iterdir()] == ["x.json"]
+
+
+@pytest.mark.parametrize("killed_write", [
+    "with atomic_open(target):\n    os.kill(os.getpid(), signal.SIGKILL)",
+    "write_nifti(KilledWhileSaving(np.zeros((2, 2, 2), 'int16'), np.eye(4)), target)",
+])
+def test_killed_writer_leaves_a_temporary_the_next_run_sweeps(tmp_path, killed_write):
+    """A SIGKILL mid-write cannot clean up; the sweep removes exactly what it left."""
+    keep = [tmp_path / ".bidsignore", tmp_path / "sub-01" / ".notes.tmp.txt"]
+    for path in keep:
+        path.parent.mkdir(exist_ok=True)
+        path.write_text("not ours")
+    killed = subprocess.run([sys.executable, "-c", f"""
+import os, signal
+import nibabel as nib, numpy as np
+from refacebids.utils.atomic import atomic_open, write_nifti
+target = {str(tmp_path / "sub-01" / "img.nii.gz")!r}
+class KilledWhileSaving(nib.Nifti1Image):
+    def to_filename(self, filename):
+        os.kill(os.getpid(), signal.SIGKILL)
+{killed_write}
+"""])
+    assert killed.returncode == -signal.SIGKILL
+    left = [p for p in tmp_path.rglob("*") if p.is_file() and p not in keep]
+    assert len(left) == 1 and left[0].name.startswith(".img.nii.gz."), left
+    assert remove_stale_temporaries(tmp_path) == left
+    assert sorted(p for p in tmp_path.rglob("*") if p.is_file()) == sorted(keep)
 
 
 def test_write_nifti(tmp_path):

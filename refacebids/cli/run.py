@@ -25,6 +25,7 @@ os.environ.setdefault("TEMPLATEFLOW_USE_DATALAD", "0")
 
 from ..utils.threads import use_itk_threads  # noqa: E402
 from .execution import describe, execution_from_options, prepare_batch_jobs  # noqa: E402
+from ..utils.atomic import remove_stale_temporaries  # noqa: E402
 from ..utils.lock import folder_lock  # noqa: E402
 from .parser import build_parser, check_paths  # noqa: E402
 
@@ -121,6 +122,11 @@ def _reface(opts, jobs, bids_dir, output_dir, work_dir, execution) -> dict:
     LOGGER.info("template %s (%s), sha256 %s", template.name, template.path, template.sha256)
 
     derivatives_dir = qc_dir(output_dir, work_dir, opts.output_layout)
+    for folder in {Path(output_dir), derivatives_dir}:
+        stale = remove_stale_temporaries(folder)
+        if stale:
+            LOGGER.info("removed %d temporary file(s) an interrupted run left in %s",
+                        len(stale), folder)
     with_ct = any(job.datatype == "ct" for job in jobs)
     if opts.output_layout == "release":
         prepare_release(bids_dir, output_dir, jobs,

@@ -5,6 +5,11 @@ to disk and renames it over the destination with :func:`os.replace`, which is at
 within one file system. An interrupted run therefore leaves either the old file or the
 new one, never a truncated image that looks valid. Renaming over a hard link replaces
 the link only, so the file it pointed to (an input, in the release layout) is untouched.
+
+A process killed outright (SIGKILL, the scheduler's time limit, power loss) cannot
+delete its temporary file; every temporary name is hidden and carries ``.tmp`` so that
+the next run, holding the folder's lock, can sweep them with
+:func:`remove_stale_temporaries`.
 """
 
 from __future__ import annotations
@@ -12,12 +17,60 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import re
 import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
-__all__ = ["atomic_copy", "atomic_open", "write_json", "write_nifti", "write_text"]
+__all__ = [
+    "atomic_copy",
+    "atomic_open",
+    "remove_stale_temporaries",
+    "temporary_sibling",
+    "write_json",
+    "write_nifti",
+    "write_text",
+]
+
+# ".{final name}.{anything}.tmp", optionally followed by the NIfTI ending nibabel needs.
+_TEMPORARY_NAME = re.compile(r"\..+\.tmp(\.nii(\.gz)?)?")
+
+
+def temporary_sibling(path, tag: str = "") -> Path:
+    """A fresh hidden temporary name beside ``path`` that the sweep recognises.
+
+    Parameters
+    ----------
+    path : path-like
+        The final destination.
+    tag : str
+        An ending after ``.tmp`` (``".nii.gz"``), for writers that choose the format
+        from the file name.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp" + tag)
+    os.close(fd)
+    return Path(tmp)
+
+
+def remove_stale_temporaries(folder) -> list[Path]:
+    """Delete the temporary files that killed runs left anywhere under ``folder``.
+
+    Call it only while holding the folder's lock (:mod:`refacebids.utils.lock`): a
+    temporary file of a live run would otherwise be deleted under it.
+
+    Returns
+    -------
+    list of Path
+        The files removed.
+    """
+    stale = [path for path in Path(folder).rglob(".*")
+             if _TEMPORARY_NAME.fullmatch(path.name) and path.is_file()]
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return stale
 
 
 @contextmanager
@@ -38,14 +91,10 @@ def atomic_open(path, mode: str = "wb"):
         exception it is deleted and ``path`` is left as it was.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # The name keeps the final suffixes so that tools sniffing extensions (nibabel)
-    # recognise the temporary file; the leading dot hides it from BIDS tools.
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    tmp = Path(tmp)
+    tmp = temporary_sibling(path)
     try:
         encoding = None if "b" in mode else "utf-8"
-        with os.fdopen(fd, mode, encoding=encoding) as fobj:
+        with open(tmp, mode, encoding=encoding) as fobj:
             yield fobj
             fobj.flush()
             os.fsync(fobj.fileno())
@@ -79,8 +128,9 @@ def atomic_copy(src, dst) -> Path:
     opener = gzip.open if src_gz and not dst_gz else open
     with opener(src, "rb") as fin, atomic_open(dst, "wb") as fout:
         if dst_gz and not src_gz:
-            # mtime=0 so that the same image always gives the same file (and checksum).
-            with gzip.GzipFile(fileobj=fout, mode="wb", mtime=0) as gz:
+            # No time or (temporary) name in the header: the same image always gives
+            # the same file, and checksum.
+            with gzip.GzipFile(filename="", fileobj=fout, mode="wb", mtime=0) as gz:
                 shutil.copyfileobj(fin, gz)
         else:
             shutil.copyfileobj(fin, fout)
@@ -94,11 +144,8 @@ def write_nifti(img, path) -> Path:
     with the same ``.nii``/``.nii.gz`` ending as ``path`` before it is renamed.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    ext = ".nii.gz" if path.name.endswith(".gz") else ".nii"
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=ext)
-    os.close(fd)
-    tmp = Path(tmp)
+    # The leading dot hides the temporary file from BIDS tools.
+    tmp = temporary_sibling(path, ".nii.gz" if path.name.endswith(".gz") else ".nii")
     try:
         img.to_filename(tmp)
         with open(tmp, "rb") as fobj:

@@ -37,7 +37,13 @@ from niworkflows.engine.workflows import LiterateWorkflow as Workflow
 
 from .. import __version__
 from ..interfaces.bids import WriteFile, WriteRefaced, WriteReportlets
-from ..utils.atomic import atomic_copy, atomic_open, write_json, write_text
+from ..utils.atomic import (
+    atomic_copy,
+    atomic_open,
+    temporary_sibling,
+    write_json,
+    write_text,
+)
 from ..utils.bids import content_missing, is_head_image, sidecar_path
 from ..utils.deidentify import (
     is_table,
@@ -388,10 +394,9 @@ def _copy_table(src: Path, dst: Path, columns) -> None:
 def _link_or_copy(src: Path, dst: Path) -> None:
     if dst.exists() and os.path.samefile(src, dst):
         return
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dst.with_name(f".{dst.name}.link.tmp")
+    tmp = temporary_sibling(dst)
     try:
-        tmp.unlink(missing_ok=True)
+        tmp.unlink()
         os.link(src, tmp)
         os.replace(tmp, dst)
     except OSError:
