@@ -6,8 +6,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from refacebids.core.intensity import SKIN_PROFILE_MM, fit_skin_profile, skin_profile_weight
-from refacebids.core.noise import NoiseModel, add_noise, local_noise_sd
+from refacebids.core.intensity import SKIN_PROFILE_MM, fit_skin_profile, skin_profile_weight, typical_level
+from refacebids.core.noise import NoiseModel, add_noise, feather, local_noise_sd, soften_structure
 from refacebids.core import warp
 from refacebids.core.replace import BLEND_MM, edge_weight, field_of_view_depth, signed_skin_distance
 from refacebids.templates import load_template
@@ -74,6 +74,73 @@ def test_noise_amplitude_follows_the_roughness_share(kind):
     rough = add_noise(signal, model, rng, np.ones(signal.shape, np.float32))
     assert float(np.std(smooth)) == pytest.approx(4.0, rel=0.1)
     assert local_noise_sd(rough, everywhere) == pytest.approx(20.0, rel=0.1)
+
+
+def _blocky_anatomy(shape=(42, 42, 42), contrast=60.0, block=2, seed=5) -> np.ndarray:
+    """(I, J, K) noise-free 'anatomy': cubes of ``block`` voxels at 500 +- ``contrast``."""
+    blocks = np.random.default_rng(seed).choice([-1.0, 1.0], size=tuple(n // block for n in shape))
+    return (500.0 + contrast * np.kron(blocks, np.ones((block,) * 3))).astype(np.float32)
+
+
+def test_noise_is_calibrated_to_the_roughness_including_the_drawn_structure():
+    """Anatomy with roughness of its own gets only the noise that brings it to the target.
+
+    Adding the anatomy's roughness and the noise's in quadrature overshoots on a mix of
+    edges and flat tissue (here half of each): the calibrated result lands on the target.
+    """
+    model = NoiseModel(sigma=2.0, kind="gaussian", correlation_voxels=(0.0, 0.0, 0.0), tissue_roughness=40.0)
+    signal = _blocky_anatomy()
+    signal[:20] = 500.0  # flat padding in one half, edges in the other
+    region = np.zeros(signal.shape, bool)
+    region[2:-2, 2:-2, 2:-2] = True
+    share = np.ones(signal.shape, np.float32)
+    calibrated = add_noise(signal, model, np.random.default_rng(1), share, region)
+    assert local_noise_sd(calibrated, region) == pytest.approx(40.0, rel=0.03)
+    structure = local_noise_sd(signal, region)
+    quadrature = NoiseModel(2.0, "gaussian", (0.0, 0.0, 0.0), float(np.sqrt(40.0**2 - structure**2)))
+    uncalibrated = add_noise(signal, quadrature, np.random.default_rng(1), share)
+    assert local_noise_sd(uncalibrated, region) > 1.1 * 40.0
+
+
+def test_anatomy_rougher_than_the_tissue_gets_the_air_noise_only_and_is_softened():
+    model = NoiseModel(sigma=2.0, kind="gaussian", correlation_voxels=(0.0, 0.0, 0.0), tissue_roughness=15.0)
+    signal = _blocky_anatomy(contrast=30.0, block=3)
+    region = np.zeros(signal.shape, bool)
+    region[2:-2, 2:-2, 2:-2] = True
+    share = np.ones(signal.shape, np.float32)
+    assert local_noise_sd(signal, region) > 1.9 * 15.0
+    softened = soften_structure(signal, region, 15.0, share)
+    assert local_noise_sd(softened, region) == pytest.approx(15.0, rel=0.2)
+    assert float(np.mean(softened[region])) == pytest.approx(float(np.mean(signal[region])), rel=0.01)
+    untouched = soften_structure(signal, region, 15.0, np.zeros(signal.shape, np.float32))
+    np.testing.assert_array_equal(untouched, signal)  # share 0: the new skin keeps its profile
+    assert np.array_equal(soften_structure(signal, region, 200.0, share), signal)  # smooth enough already
+    rough = add_noise(signal, model, np.random.default_rng(2), share, region)
+    assert float(np.std(rough - signal)) == pytest.approx(2.0, rel=0.1)
+
+
+def test_feathering_keeps_the_noise_level_across_the_seam():
+    """Half-way between two independent noises of SD 10 the blend still has SD 10 (not 7.1)."""
+    rng = np.random.default_rng(4)
+    original = 100.0 + 10.0 * rng.standard_normal(200_000)
+    signal = np.full(200_000, 300.0)
+    noisy = signal + 10.0 * rng.standard_normal(200_000)
+    for weight in (0.0, 0.3, 0.5, 1.0):
+        blended = feather(original, signal, noisy, np.full(200_000, weight))
+        assert float(np.mean(blended)) == pytest.approx(100.0 + weight * 200.0, abs=0.2)
+        assert float(np.std(blended)) == pytest.approx(10.0, rel=0.02)
+
+
+def test_typical_level_takes_the_rician_bias_out():
+    rng = np.random.default_rng(6)
+    floor = 10.0 * np.sqrt(2.0 * np.log(2.0))  # median of Rayleigh(10)
+
+    def rician(level):
+        return np.hypot(level + 10.0 * rng.standard_normal(100_000), 10.0 * rng.standard_normal(100_000))
+
+    assert typical_level(rician(0.0), noise_floor=floor) == pytest.approx(0.0, abs=1.0)
+    assert typical_level(rician(260.0), noise_floor=floor) == pytest.approx(260.0, rel=0.01)
+    assert typical_level(np.array([1.0, 260.0, 500.0])) == 260.0
 
 
 def test_field_of_view_depth_is_the_distance_to_the_nearest_face_of_the_grid():

@@ -112,6 +112,16 @@ def fit_skin_profile(
     return np.asarray(distances), np.asarray(levels)
 
 
+def typical_level(values: np.ndarray, *, noise_floor: float = 0.0) -> float:
+    """Noise-free typical value of (N,) tissue ``values``: their median, Rician bias taken out.
+
+    Of the face's own tissue, it fills the raised face under its new skin: the scalp's
+    subcutaneous tissue is fat, bright in a T1w image, where the face is mostly muscle.
+    """
+    typical = float(np.median(values))
+    return float(np.sqrt(max(typical**2 - noise_floor**2, 0.0))) if noise_floor else typical
+
+
 def skin_profile_weight(skin_distance: np.ndarray) -> np.ndarray:
     """(N,) weight of the skin profile: 1 from ``SKIN_PROFILE_FADE_MM`` above its inner end out."""
     low = SKIN_PROFILE_MM[0]

@@ -22,6 +22,9 @@ from .geometry import bounding_box
 
 MAD_TO_SD = 1.4826
 MAX_SAMPLES = 200_000
+STRUCTURE_SMOOTHING_VOXELS = 1.5  # how local the roughness of drawn anatomy is
+SOFTENING_VOXELS = 1.5  # Gaussian width that takes drawn anatomy down to a face's roughness
+CALIBRATION_STEPS = 12  # bisection steps for the noise amplitude: 2**-12 of the range
 RAYLEIGH_MEDIAN = float(np.sqrt(2.0 * np.log(2.0)))  # median of Rayleigh(sigma) / sigma
 
 
@@ -134,21 +137,101 @@ def correlated_noise(shape: tuple, model: NoiseModel, rng: np.random.Generator) 
     return smooth / max(float(smooth.std()), 1e-12)
 
 
+def local_structure(signal: np.ndarray, region: np.ndarray) -> np.ndarray:
+    """(I, J, K) roughness that a noise-free (I, J, K) ``signal`` already has, voxel by voxel.
+
+    The RMS residual from a 3-voxel box mean taken over ``region`` only (values outside
+    it, zeros of an unfilled grid say, are no neighbours), averaged over a few voxels:
+    the same residual that ``local_noise_sd`` measures, as a map. Drawn anatomy is rough
+    where its edges are (a template's fat against muscle, a skin) and smooth elsewhere,
+    so one figure for the whole face adds noise on top of rough anatomy.
+    """
+    inside = region.astype(np.float32)
+    values = np.where(region, signal, 0.0).astype(np.float32)
+    neighbours = ndi.uniform_filter(inside, 3)
+    mean = ndi.uniform_filter(values, 3) / np.maximum(neighbours, 1e-6)
+    deviation = np.where(region, np.abs(values - mean), 0.0)
+    spread = ndi.gaussian_filter(deviation, STRUCTURE_SMOOTHING_VOXELS)
+    weight = ndi.gaussian_filter(inside, STRUCTURE_SMOOTHING_VOXELS)
+    # Mean absolute residual, scaled to an SD for Gaussian noise: it weighs a few strong
+    # edges as a median would, less than the RMS does.
+    scale = np.sqrt(np.pi / 2.0 * 27 / 26)
+    return np.where(region, scale * spread / np.maximum(weight, 1e-6), 0.0).astype(np.float32)
+
+
+def soften_structure(
+    signal: np.ndarray, region: np.ndarray, roughness: float, share: np.ndarray
+) -> np.ndarray:
+    """(I, J, K) ``signal`` smoothed where its structure is rougher than the image's tissue.
+
+    A template drawn into an image of lower resolution or flatter contrast (2.4 mm
+    slices through a 2 mm template; proton density, where fat and muscle look alike)
+    has more voxel-to-voxel contrast than the subject's face ever had, and noise cannot
+    take that back. Where ``local_structure`` exceeds ``roughness`` the signal is blended
+    towards its Gaussian smoothing (within ``region``) just enough to come down to it;
+    ``share`` (same shape, 0 to 1) says where texture may change at all (0 at the new
+    skin, whose profile is the image's own).
+    """
+    structure = local_structure(signal, region)
+    inside = region.astype(np.float32)
+    values = np.where(region, signal, 0.0).astype(np.float32)
+    coverage = np.maximum(ndi.gaussian_filter(inside, SOFTENING_VOXELS), 1e-6)
+    smooth = ndi.gaussian_filter(values, SOFTENING_VOXELS) / coverage
+    # The blend's roughness is close to the weighted mean of the two roughnesses.
+    smooth_structure = local_structure(smooth, region)
+    excess = np.clip((structure - roughness) / np.maximum(structure - smooth_structure, 1e-6), 0.0, 1.0)
+    weight = np.where(region, share * excess, 0.0)
+    return (signal + weight * (smooth - signal)).astype(np.float32)
+
+
 def add_noise(
-    signal: np.ndarray, model: NoiseModel, rng: np.random.Generator, roughness_share: np.ndarray
+    signal: np.ndarray,
+    model: NoiseModel,
+    rng: np.random.Generator,
+    roughness_share: np.ndarray,
+    region: np.ndarray | None = None,
 ) -> np.ndarray:
     """Noise-free (I, J, K) ``signal`` with the image's noise added.
 
     The noise amplitude goes from the air's ``sigma`` (``roughness_share`` 0) to the
     amplitude that gives the tissue's roughness (``roughness_share`` 1, same shape as
-    ``signal``).
+    ``signal``). Drawn anatomy is rough already where its edges are; given ``region``
+    (same shape, bool: the drawn tissue), the tissue amplitude is the one with which the
+    noisy signal there has the tissue's roughness, as ``local_noise_sd`` measures it.
+    Adding the roughnesses in quadrature instead overshoots: noise on a smooth padding
+    and on a skin edge do not add up the way two noises do.
     """
     real_noise = correlated_noise(signal.shape, model, rng)
+    imaginary_noise = correlated_noise(signal.shape, model, rng) if model.kind == "rician" else None
+
+    def noisy(tissue_amplitude: float) -> np.ndarray:
+        amplitude = model.sigma + roughness_share * (max(tissue_amplitude, model.sigma) - model.sigma)
+        real = signal + amplitude * real_noise
+        if imaginary_noise is None:
+            return real
+        return np.sqrt(real**2 + (amplitude * imaginary_noise) ** 2)
+
     roughness_per_unit = local_noise_sd(real_noise, np.ones(signal.shape, bool))
-    tissue_amplitude = model.tissue_roughness / max(roughness_per_unit, 1e-6)
-    amplitude = model.sigma + roughness_share * (max(tissue_amplitude, model.sigma) - model.sigma)
-    real = signal + amplitude * real_noise
-    if model.kind != "rician":
-        return real
-    imaginary = amplitude * correlated_noise(signal.shape, model, rng)
-    return np.sqrt(real**2 + imaginary**2)
+    amplitude = model.tissue_roughness / max(roughness_per_unit, 1e-6)
+    least = local_noise_sd(noisy(model.sigma), region) if region is not None else float("nan")
+    if not np.isfinite(least):
+        return noisy(amplitude)
+    if least >= model.tissue_roughness:
+        return noisy(model.sigma)  # rough enough with the air's noise alone
+    low, high = model.sigma, 2.0 * amplitude
+    for _ in range(CALIBRATION_STEPS):  # roughness grows with the amplitude: bisection
+        middle = 0.5 * (low + high)
+        low, high = (middle, high) if local_noise_sd(noisy(middle), region) < model.tissue_roughness else (low, middle)
+    return noisy(0.5 * (low + high))
+
+
+def feather(original: np.ndarray, signal: np.ndarray, noisy: np.ndarray, weight: np.ndarray) -> np.ndarray:
+    """(N,) new values blended into the ``original`` ones (N,) with ``weight`` (N,), 0 to 1.
+
+    The noise-free ``signal`` blends linearly; its noise (``noisy - signal``) is weighted
+    so that the image's noise and the new one add up to one noise level: two independent
+    noises of the same SD blended linearly would give less, 0.71 of it half-way, and the
+    feathered edge of the new face would be smoother than either side.
+    """
+    noise_weight = np.sqrt(np.clip(1.0 - (1.0 - weight) ** 2, 0.0, 1.0))
+    return weight * signal + (1.0 - weight) * original + noise_weight * (noisy - signal)

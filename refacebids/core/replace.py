@@ -20,8 +20,10 @@ from scipy import ndimage as ndi
 
 from . import warp
 from .geometry import bounding_box
-from .intensity import apply_intensity_map, fit_intensity_map, fit_skin_profile, skin_profile_weight
-from .noise import NoiseModel, add_noise, estimate_noise, local_noise_sd
+from .intensity import (
+    apply_intensity_map, fit_intensity_map, fit_skin_profile, skin_profile_weight, typical_level,
+)
+from .noise import NoiseModel, add_noise, estimate_noise, feather, local_noise_sd, soften_structure
 
 # From nonlinear (edge) to head-affine placement (interior). Narrow: whatever follows
 # the registration is the subject's shape, and an 18 mm band gave the recogniser of the
@@ -35,7 +37,6 @@ JOIN_REACH_MM = 10.0  # kept voxels this near the skin are where the new face jo
 SKIN_OFFSET_MM = 10.0
 FOV_CLEARANCE_MM = 4.0  # the new skin stays this far inside the image's field of view
 SEAM_MM = 3.0  # intensity feathering into the kept tissue
-SUBCUTANEOUS_MM = -4.0  # depth whose typical value fills the raised face
 SMOOTH_SKIN_MM = 1.5  # scanner noise only this near the new skin; full texture twice as deep
 TRAINING_REACH_MM = 25.0  # air around the head used to learn the contrast
 WRAP_SIGNAL_DILATION_MM = 4.0
@@ -202,7 +203,8 @@ def reface_volume(
     scalp_skin_distance : (S,) ndarray
         Their signed distance to the image's skin (mm, negative inside).
     air, tissue : (I, J, K) bool ndarray
-        Regions to measure the noise in (see ``estimate_noise``).
+        Regions to measure the noise in (see ``estimate_noise``); ``tissue``, the face
+        before refacing, also gives the typical value that fills the raised face.
     seam : (N,) ndarray
         Weight of the new value (feathering at the edge).
     tissue_level : float
@@ -222,7 +224,7 @@ def reface_volume(
     distances, profile = fit_skin_profile(volume[scalp], scalp_skin_distance, noise_floor=noise.floor)
     near_skin = skin_profile_weight(new_skin_distance)
     beneath = np.where(
-        padding, np.interp(SUBCUTANEOUS_MM, distances, profile), apply_intensity_map(template_at_voxels, levels, mapped)
+        padding, typical_level(volume[tissue], noise_floor=noise.floor), apply_intensity_map(template_at_voxels, levels, mapped)
     )
     signal[replaced] = near_skin * np.interp(new_skin_distance, distances, profile) + (1.0 - near_skin) * beneath
     # The tissue's roughness is texture as much as noise; within a few millimetres of
@@ -231,15 +233,19 @@ def reface_volume(
     roughness[replaced] = np.clip(signal[replaced] / max(tissue_level, 1e-6), 0.0, 1.0) * np.clip(
         (-new_skin_distance - SMOOTH_SKIN_MM) / SMOOTH_SKIN_MM, 0.0, 1.0
     )
-    # The drawn anatomy has some roughness of its own; the noise makes up the rest.
-    structure = local_noise_sd(signal[box], (signal[box] > tissue_level) & replaced[box])
-    missing = np.sqrt(max(noise.tissue_roughness**2 - np.nan_to_num(structure) ** 2, noise.sigma**2))
-    drawn = dataclasses.replace(noise, tissue_roughness=float(missing))
-    noisy = add_noise(signal[box], drawn, rng, roughness[box])[replaced[box]]
+    # The drawn anatomy has some roughness of its own, at places more than the face had;
+    # the noise makes up the rest. Matched where old and new face are both tissue, to the
+    # old face's roughness there; inside by a voxel, as a box residual at the region's
+    # edge would see the unfilled grid beyond it.
+    drawn = soften_structure(signal[box], replaced[box], noise.tissue_roughness, roughness[box])
+    both = (drawn > tissue_level) & ndi.binary_erosion(replaced[box]) & tissue[box]
+    face_roughness = local_noise_sd(volume[box], both)
+    target = dataclasses.replace(noise, tissue_roughness=face_roughness) if np.isfinite(face_roughness) else noise
+    noisy = add_noise(drawn, target, rng, roughness[box], both)
     original = volume[replaced]
     # Feathered into the image's tissue, never into its air: new tissue faded towards
     # the air that was in front of the old skin would leave a dark cleft there, and the
     # old skin would show through it.
     seam = np.where((original < tissue_level) & (signal[replaced] >= tissue_level), 1.0, seam)
-    values = seam * noisy + (1.0 - seam) * original
+    values = feather(original, drawn[replaced[box]], noisy[replaced[box]], seam)
     return values.astype(np.float32), noise
