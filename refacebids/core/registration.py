@@ -123,16 +123,9 @@ def register_template(
         write_composite_transform=True,
     )
     composite = deformable["fwdtransforms"]
-    warped = deformable["warpedmovout"]
-    similarity = float(ants.image_mutual_information(fixed, warped))
-    dice, peak_ratio = cranium_overlap(fixed, warped, template_file, composite)
-
     return RegistrationResult(
         composite=composite,
-        similarity=similarity,
-        head_dice=dice,
-        peak_ratio=peak_ratio,
-        ok=bool(peak_ratio >= MIN_PEAK_RATIO),
+        **registration_quality(fixed, template_file, composite, deformable["warpedmovout"]),
         settings={
             "software": f"antspyx {ants.__version__}",
             "stages": ["Rigid", "Affine", "SyN"],
@@ -145,6 +138,39 @@ def register_template(
             "path": "own",
         },
     )
+
+
+def registration_quality(fixed, template_file: str, composite: str, warped=None) -> dict:
+    """Similarity, scalp overlap and verdict of a template -> image transform.
+
+    Parameters
+    ----------
+    fixed : ants.ANTsImage
+        The working image (:func:`working_image`).
+    template_file : str
+        The template head registered.
+    composite : str
+        Template -> image transform.
+    warped : ants.ANTsImage, optional
+        The template already resampled onto ``fixed`` through ``composite``.
+
+    Returns
+    -------
+    dict
+        ``similarity`` (mutual information, lower is better), ``head_dice``,
+        ``peak_ratio`` (see :func:`cranium_overlap`) and ``ok``.
+    """
+    import ants
+
+    if warped is None:
+        warped = ants.apply_transforms(fixed, ants.image_read(str(template_file)), [composite])
+    dice, peak_ratio = cranium_overlap(fixed, warped, template_file, composite)
+    return {
+        "similarity": float(ants.image_mutual_information(fixed, warped)),
+        "head_dice": dice,
+        "peak_ratio": peak_ratio,
+        "ok": bool(peak_ratio >= MIN_PEAK_RATIO),
+    }
 
 
 def cranium_overlap(fixed, warped, template_file, composite: str) -> tuple[float, float]:
