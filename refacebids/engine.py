@@ -26,6 +26,7 @@ from .core.registration import MIN_PEAK_RATIO, WORKING_RESOLUTION_MM, register_t
 from .core.replace import (
     FOV_CLEARANCE_MM,
     JOIN_REACH_MM,
+    RAISE_FADE_MM,
     SKIN_OFFSET_MM,
     air_level,
     blended_coordinates,
@@ -152,11 +153,12 @@ def replace_face(
     registered_skin_distance = sample_at(
         tpl.signed_distance, tpl.affine, coords.reshape(-1, 3), 1e3
     ).reshape(coords.shape[:3])
-    weight = edge_weight(
-        np.isin(coarse_labels, warp.REPLACEABLE),
-        (coarse_labels == 0) & (np.abs(registered_skin_distance) <= JOIN_REACH_MM),
-        coarse_affine,
-    )
+    replaceable = np.isin(coarse_labels, warp.REPLACEABLE)
+    joins = (coarse_labels == 0) & (np.abs(registered_skin_distance) <= JOIN_REACH_MM)
+    weight = edge_weight(replaceable, joins, coarse_affine)
+    # A raised ear is a blob, and a raised cheek against it a wall in front of the ear.
+    ears = coarse_labels == warp.EARS
+    unraised = edge_weight(replaceable & ~ears, joins | ears, coarse_affine, RAISE_FADE_MM)
     blended = blended_coordinates(coords, weight, head_affine, coarse_affine)
     replaced_idx = np.argwhere(replaced)
     replaced_world = replaced_idx.astype(np.float32) @ head.affine[:3, :3].T.astype(np.float32)
@@ -167,7 +169,7 @@ def replace_face(
         axis=1,
     )
     scale = np.cbrt(abs(np.linalg.det(head_affine[:3, :3])))  # template mm per image mm
-    offset = SKIN_OFFSET_MM * (1.0 - ndi.map_coordinates(weight, coarse_ijk, order=1, mode="nearest"))
+    offset = SKIN_OFFSET_MM * (1.0 - ndi.map_coordinates(unraised, coarse_ijk, order=1, mode="nearest"))
     # Raised within the field of view only: a face pushed through its edge would be cut
     # flat there, where the subject's own nose or chin was cut, and give the cut back.
     offset = np.minimum(offset, (field_of_view_depth(replaced_idx, labels.shape, zooms) - FOV_CLEARANCE_MM) * scale)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from . import engine, modalities
 from .core.anat import compose_through, register_rigid
-from .core.registration import MIN_PEAK_RATIO, cranium_overlap, working_image
+from .core.registration import MIN_PEAK_RATIO, registration_quality, working_image
 
 
 def register_through_anat(
@@ -61,25 +61,17 @@ def register_through_anat(
     composite = compose_through(rigid.transform, str(anat_xfm),
                                 str(out_dir / "tpl2img_Composite.h5"))
 
-    import ants
-
-    fixed = working_image(reference, head.affine)
-    warped = ants.apply_transforms(fixed, ants.image_read(template_head), [composite])
-    dice, peak_ratio = cranium_overlap(fixed, warped, template_head, composite)
-    ok = bool(peak_ratio >= MIN_PEAK_RATIO)
+    quality = registration_quality(working_image(reference, head.affine), template_head, composite)
     anat_settings = {
         **rigid.settings,
         "anat_file": Path(anat_file).name,
         "similarity": rigid.similarity,
-        "ok": ok,
+        "ok": quality["ok"],
     }
-    if ok:
+    if quality["ok"]:
         record = {
             "composite": composite,
-            "similarity": float(ants.image_mutual_information(fixed, warped)),
-            "head_dice": dice,
-            "peak_ratio": peak_ratio,
-            "ok": ok,
+            **quality,
             "settings": {**anat_record["settings"], "path": "anat", "anat": anat_settings},
             "warnings": [],
         }
@@ -89,8 +81,8 @@ def register_through_anat(
         record["settings"] = {**record["settings"], "path": "own", "anat": anat_settings}
         record["warnings"] = [
             f"registration through {Path(anat_file).name} failed its check (scalp overlap "
-            f"{peak_ratio:.2f} times that 8 mm off, below {MIN_PEAK_RATIO}); the image was "
-            "registered on its own"
+            f"{quality['peak_ratio']:.2f} times that 8 mm off, below {MIN_PEAK_RATIO}); the image "
+            "was registered on its own"
         ]
     (out_dir / "registration.json").write_text(json.dumps(record, indent=2))
     return record

@@ -9,7 +9,7 @@ import pytest
 from refacebids.core.intensity import SKIN_PROFILE_MM, fit_skin_profile, skin_profile_weight, typical_level
 from refacebids.core.noise import NoiseModel, add_noise, feather, local_noise_sd, soften_structure
 from refacebids.core import warp
-from refacebids.core.replace import BLEND_MM, edge_weight, field_of_view_depth, signed_skin_distance
+from refacebids.core.replace import BLEND_MM, RAISE_FADE_MM, edge_weight, field_of_view_depth, signed_skin_distance
 from refacebids.templates import load_template
 from refacebids.core.surface import head_mask
 
@@ -56,6 +56,9 @@ def test_edge_weight_blends_only_where_the_new_face_joins_kept_skin():
     assert profile[20 + int(BLEND_MM)] == 0.0
     assert np.all(np.diff(profile[20:40]) <= 0) and np.all(np.diff(profile[20:20 + int(BLEND_MM)]) < 0)
     assert profile[59] == 0.0  # against the brain: the head-affine placement, no blend
+    raise_fade = edge_weight(replaced, joins, np.eye(4), RAISE_FADE_MM)[:, 5, 5]
+    assert raise_fade[20 + int(BLEND_MM)] == pytest.approx(1.0 - (1.0 + BLEND_MM) / RAISE_FADE_MM)
+    assert raise_fade[20 + int(RAISE_FADE_MM)] == 0.0
 
 
 def test_no_join_means_head_affine_placement_everywhere():

@@ -7,11 +7,13 @@ and the region is never thinner than the mask itself.
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import nibabel as nib
 import numpy as np
 from scipy import ndimage as ndi
 
-from .geometry import ants_affine, to_ants, world_grid
+from .geometry import ants_affine, ants_geometry, to_ants, world_grid
 
 # Refacing labels (templates/*_desc-reface_dseg.tsv), and the label given to protected
 # voxels in the image's label map: the protected region overrides every other label.
@@ -107,14 +109,21 @@ def brain_distance(reference, template, composite: str) -> np.ndarray:
     """Distance (mm) to the template's brain on the grid of ANTs image ``reference``."""
     import ants
 
-    brain_img = nib.load(str(template.brain_mask))
-    brain = np.asanyarray(brain_img.dataobj) > 0
-    zooms = brain_img.header.get_zooms()[:3]
-    outside_distance = ndi.distance_transform_edt(~brain, sampling=zooms)
-    distance = to_ants(outside_distance.astype(np.float32), brain_img.affine)
+    distance, affine = _template_brain_distance(str(template.brain_mask))
     return ants.apply_transforms(
-        reference, distance, [composite], interpolator="linear", defaultvalue=1e6
+        reference, to_ants(distance, affine), [composite], interpolator="linear", defaultvalue=1e6
     ).numpy()
+
+
+@lru_cache(maxsize=4)
+def _template_brain_distance(brain_mask_file: str) -> tuple[np.ndarray, np.ndarray]:
+    """(X, Y, Z) float32 distance (mm) outside the template's brain, and its affine."""
+    brain_img = nib.load(brain_mask_file)
+    brain = np.asanyarray(brain_img.dataobj) > 0
+    distance = ndi.distance_transform_edt(~brain, sampling=brain_img.header.get_zooms()[:3])
+    distance = distance.astype(np.float32)
+    distance.flags.writeable = False  # shared by every call in the process
+    return distance, brain_img.affine
 
 
 def template_coordinates(reference, template, composite: str) -> np.ndarray:
@@ -139,10 +148,19 @@ def template_coordinates(reference, template, composite: str) -> np.ndarray:
 
 
 def working_reference(shape: tuple, affine: np.ndarray, resolution: float):
-    """An empty ANTs image covering the image's field of view at ``resolution`` mm."""
+    """An empty ANTs image covering the image's field of view at ``resolution`` mm.
+
+    The grid ``ants.resample_image`` would give (same origin and direction, its size
+    rule rounding half up), built without resampling a full-resolution image.
+    """
     import ants
 
-    full = to_ants(np.zeros(shape, np.float32), affine)
-    spacing = tuple(float(max(s, resolution)) for s in full.spacing)
-    coarse = ants.resample_image(full, spacing, use_voxels=False, interp_type=1)
+    origin, spacing, direction = ants_geometry(affine)
+    coarse_spacing = tuple(float(max(s, resolution)) for s in spacing)
+    coarse_shape = tuple(
+        int(np.floor(n * s / c + 0.5)) for n, s, c in zip(shape[:3], spacing, coarse_spacing)
+    )
+    coarse = ants.from_numpy(
+        np.zeros(coarse_shape, np.float32), origin=origin, spacing=coarse_spacing, direction=direction
+    )
     return coarse, ants_affine(coarse)

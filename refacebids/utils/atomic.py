@@ -90,13 +90,19 @@ def atomic_open(path, mode: str = "wb"):
         Write to it; on normal exit it is fsynced and renamed to ``path``; on an
         exception it is deleted and ``path`` is left as it was.
     """
-    path = Path(path)
-    tmp = temporary_sibling(path)
+    encoding = None if "b" in mode else "utf-8"
+    with _published(Path(path)) as tmp, open(tmp, mode, encoding=encoding) as fobj:
+        yield fobj
+
+
+@contextmanager
+def _published(path: Path, tag: str = ""):
+    """Yield a temporary name beside ``path``; once the block has written it, it
+    is flushed to disk and renamed to ``path``. On an exception it is deleted."""
+    tmp = temporary_sibling(path, tag)
     try:
-        encoding = None if "b" in mode else "utf-8"
-        with open(tmp, mode, encoding=encoding) as fobj:
-            yield fobj
-            fobj.flush()
+        yield tmp
+        with open(tmp, "rb") as fobj:
             os.fsync(fobj.fileno())
         os.chmod(tmp, 0o644)
         os.replace(tmp, path)
@@ -144,15 +150,6 @@ def write_nifti(img, path) -> Path:
     with the same ``.nii``/``.nii.gz`` ending as ``path`` before it is renamed.
     """
     path = Path(path)
-    # The leading dot hides the temporary file from BIDS tools.
-    tmp = temporary_sibling(path, ".nii.gz" if path.name.endswith(".gz") else ".nii")
-    try:
+    with _published(path, ".nii.gz" if path.name.endswith(".gz") else ".nii") as tmp:
         img.to_filename(tmp)
-        with open(tmp, "rb") as fobj:
-            os.fsync(fobj.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
     return path
