@@ -197,11 +197,11 @@ def cranium_overlap(fixed, warped, template_file, composite: str) -> tuple[float
     distance = ndi.distance_transform_edt(near_brain < 0.5, sampling=spacing)
     facial = np.isin(labels, [t for t in TISSUE_LABELS if t != FOREHEAD])
     cranium = (distance <= CRANIUM_MM) & ~facial
-    image_shell = _shell(head_mask(fixed.numpy(), spacing), spacing) & cranium
-    template_shell = _shell(head_mask(warped.numpy(), spacing), spacing)
-    dice = _dice(image_shell, template_shell & cranium)
-    # The probes move the template's shell, not its image: the same overlap for a
-    # fraction of the cost (a shift on this grid, exact in voxels for axis-aligned images).
+    image_shell = _shell(_signed_depth(head_mask(fixed.numpy(), spacing), spacing)) & cranium
+    template_depth = _signed_depth(head_mask(warped.numpy(), spacing), spacing)
+    dice = _dice(image_shell, _shell(template_depth) & cranium)
+    # The probes move the template's signed depth, not its image: the same overlap for a
+    # fraction of the cost, and a continuous shift (a moved mask would snap to voxels).
     voxel_to_physical = np.asarray(fixed.direction) * np.asarray(spacing)
     probes = []
     for axis in range(3):
@@ -209,16 +209,24 @@ def cranium_overlap(fixed, warped, template_file, composite: str) -> tuple[float
             shift = np.zeros(3)
             shift[axis] = sign * PROBE_MM
             voxels = np.linalg.solve(voxel_to_physical, shift)
-            moved = ndi.shift(template_shell.astype(np.float32), voxels, order=1) > 0.5
-            probes.append(_dice(image_shell, moved & cranium))
+            moved = ndi.shift(template_depth, voxels, order=1, mode="constant", cval=1e6)
+            probes.append(_dice(image_shell, _shell(moved) & cranium))
     return dice, dice / max(max(probes), 1e-6)
 
 
-def _shell(head: np.ndarray, spacing) -> np.ndarray:
-    """The outer ``SHELL_MM`` of a head (scalp and skull): solid heads overlap even when off."""
+def _signed_depth(head: np.ndarray, spacing) -> np.ndarray:
+    """(I, J, K) float32 distance (mm) to the other side of the (I, J, K) ``head`` mask's
+    surface: negative inside, positive outside."""
     from scipy import ndimage as ndi
 
-    return head & (ndi.distance_transform_edt(head, sampling=spacing) <= SHELL_MM)
+    outside = ndi.distance_transform_edt(~head, sampling=spacing)
+    return (outside - ndi.distance_transform_edt(head, sampling=spacing)).astype(np.float32)
+
+
+def _shell(depth: np.ndarray) -> np.ndarray:
+    """The outer ``SHELL_MM`` of a head (scalp and skull) from its signed depth: solid
+    heads overlap even when off."""
+    return (depth < 0) & (depth >= -SHELL_MM)
 
 
 def _dice(a: np.ndarray, b: np.ndarray) -> float:
