@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import shutil
 import subprocess
 import sys
@@ -156,14 +155,24 @@ def whole_command(in_file: Path, work: Path, modality: str, metadata: dict) -> t
     return timed_command(command)
 
 
+# Run through a fresh interpreter: RUSAGE_CHILDREN keeps the largest process ever
+# waited for, so measured from here it would carry an earlier, larger image's peak.
+_PEAK_OF_CHILDREN = (
+    "import resource, subprocess, sys; "
+    "subprocess.run(sys.argv[1:], check=True, stdout=subprocess.DEVNULL); "
+    "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)"
+)
+
+
 def timed_command(command: list[str]) -> tuple[float, float]:
-    """Wall seconds and peak RSS (GB, largest child process) of one command."""
-    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    """Wall seconds and peak RSS (GB, largest process) of one command."""
     start = time.perf_counter()
-    subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
+    done = subprocess.run(
+        [sys.executable, "-c", _PEAK_OF_CHILDREN, *command],
+        check=True, stdout=subprocess.PIPE, text=True,
+    )
     wall = time.perf_counter() - start
-    peak_kb = max(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, before)
-    return wall, peak_kb / 1024**2
+    return wall, int(done.stdout.split()[-1]) / 1024**2
 
 
 THROUGHPUT_NPROCS = (1, 2)

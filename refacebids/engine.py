@@ -148,42 +148,15 @@ def replace_face(
     if not tissue_labels.any():
         raise ValueError("the face lies outside the image's field of view")
 
-    # Replacement geometry: the head affine inside, the registration at the edges.
     head_affine = head_placement(coords, coarse_labels, coarse_affine, tpl)
-    registered_skin_distance = sample_at(
-        tpl.signed_distance, tpl.affine, coords.reshape(-1, 3), 1e3
-    ).reshape(coords.shape[:3])
-    replaceable = np.isin(coarse_labels, warp.REPLACEABLE)
-    joins = (coarse_labels == 0) & (np.abs(registered_skin_distance) <= JOIN_REACH_MM)
-    weight = edge_weight(replaceable, joins, coarse_affine)
-    # A raised ear is a blob, and a raised cheek against it a wall in front of the ear.
-    ears = coarse_labels == warp.EARS
-    unraised = edge_weight(replaceable & ~ears, joins | ears, coarse_affine, RAISE_FADE_MM)
-    blended = blended_coordinates(coords, weight, head_affine, coarse_affine)
-    replaced_idx = np.argwhere(replaced)
-    replaced_world = replaced_idx.astype(np.float32) @ head.affine[:3, :3].T.astype(np.float32)
-    replaced_world += head.affine[:3, 3].astype(np.float32)
-    coarse_ijk = world_to_voxel(replaced_world, coarse_affine).T
-    sample_points = np.stack(
-        [ndi.map_coordinates(blended[..., k], coarse_ijk, order=1, mode="nearest") for k in range(3)],
-        axis=1,
+    template_at_voxels, new_skin_distance, template_skin_distance = _replacement_samples(
+        replaced, head.affine, zooms, coords, coarse_labels, coarse_affine, head_affine, tpl
     )
-    scale = np.cbrt(abs(np.linalg.det(head_affine[:3, :3])))  # template mm per image mm
-    offset = SKIN_OFFSET_MM * (1.0 - ndi.map_coordinates(unraised, coarse_ijk, order=1, mode="nearest"))
-    # Raised within the field of view only: a face pushed through its edge would be cut
-    # flat there, where the subject's own nose or chin was cut, and give the cut back.
-    offset = np.minimum(offset, (field_of_view_depth(replaced_idx, labels.shape, zooms) - FOV_CLEARANCE_MM) * scale)
-    # The template's anatomy stays where the placement puts it; only its skin is raised.
-    template_skin_distance = sample_at(tpl.signed_distance, tpl.affine, sample_points, 1e3)
-    new_skin_distance = (template_skin_distance - offset) / scale
-    template_at_voxels = sample_at(tpl.t1w, tpl.affine, sample_points, tpl.air)
     # The image's own skin: how it looks outside the face, and where it was. In front of
     # it (air before) the new face is subcutaneous tissue, never template anatomy that a
     # head-affine placement may put there (a template brow in front of a flat forehead).
-    image_skin_distance = signed_skin_distance(head_mask(reference, zooms, threshold), zooms)
-    low, high = SKIN_PROFILE_MM
-    scalp = (labels == 0) & (image_skin_distance >= low) & (image_skin_distance < high)
-    padding = (template_skin_distance > -SKIN_DEPTH_MM) | (image_skin_distance[replaced] > 0)
+    scalp, scalp_skin_distance, in_front_of_skin = _image_skin(reference, zooms, threshold, labels, replaced)
+    padding = (template_skin_distance > -SKIN_DEPTH_MM) | in_front_of_skin
 
     # Where template and image tissue correspond: outside the face, brain and wrap band.
     rng = np.random.default_rng(seed)
@@ -206,7 +179,7 @@ def replace_face(
     for t in range(volumes.shape[3]):
         new_values, noise = reface(
             volumes[..., t], template_at_voxels, new_skin_distance, padding, replaced, training,
-            tpl_registered[training], scalp, image_skin_distance[scalp], air, face_tissue, seam, threshold, rng,
+            tpl_registered[training], scalp, scalp_skin_distance, air, face_tissue, seam, threshold, rng,
         )
         raw_volumes[..., t][replaced] = to_raw(new_values, head)
         noise_models.append(noise.as_dict())
@@ -231,6 +204,67 @@ def replace_face(
     metrics["warnings"] = quality_warnings(metrics) + header_warnings(head)
     metrics["head_affine_determinant"] = float(np.linalg.det(head_affine[:3, :3]))
     return str(out_file), str(mask_file), metrics
+
+
+def _replacement_samples(
+    replaced, image_affine, zooms, coords, coarse_labels, coarse_affine, head_affine, tpl: "TemplateData"
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Where in the template each replaced voxel is drawn from, and what it finds there.
+
+    The head affine places the template inside the replaced region, the registration
+    at its edges. ``replaced`` (I, J, K) bool marks the N replaced voxels of the image
+    grid with ``image_affine``; ``coords`` (i, j, k, 3) and ``coarse_labels`` (i, j, k)
+    are the registration's template coordinates and labels on the working grid.
+
+    Returns
+    -------
+    template_at_voxels : (N,) float32
+        Template intensity at each replaced voxel.
+    new_skin_distance : (N,) float64
+        Signed distance (image mm, negative inside) to the raised new skin.
+    template_skin_distance : (N,) float32
+        Signed distance (template mm) to the template's own skin.
+    """
+    registered_skin_distance = sample_at(
+        tpl.signed_distance, tpl.affine, coords.reshape(-1, 3), 1e3
+    ).reshape(coords.shape[:3])
+    replaceable = np.isin(coarse_labels, warp.REPLACEABLE)
+    joins = (coarse_labels == 0) & (np.abs(registered_skin_distance) <= JOIN_REACH_MM)
+    weight = edge_weight(replaceable, joins, coarse_affine)
+    # A raised ear is a blob, and a raised cheek against it a wall in front of the ear.
+    ears = coarse_labels == warp.EARS
+    unraised = edge_weight(replaceable & ~ears, joins | ears, coarse_affine, RAISE_FADE_MM)
+    blended = blended_coordinates(coords, weight, head_affine, coarse_affine)
+    replaced_idx = np.argwhere(replaced)
+    replaced_world = replaced_idx.astype(np.float32) @ image_affine[:3, :3].T.astype(np.float32)
+    replaced_world += image_affine[:3, 3].astype(np.float32)
+    coarse_ijk = world_to_voxel(replaced_world, coarse_affine).T
+    sample_points = np.stack(
+        [ndi.map_coordinates(blended[..., k], coarse_ijk, order=1, mode="nearest") for k in range(3)],
+        axis=1,
+    )
+    scale = np.cbrt(abs(np.linalg.det(head_affine[:3, :3])))  # template mm per image mm
+    offset = SKIN_OFFSET_MM * (1.0 - ndi.map_coordinates(unraised, coarse_ijk, order=1, mode="nearest"))
+    # Raised within the field of view only: a face pushed through its edge would be cut
+    # flat there, where the subject's own nose or chin was cut, and give the cut back.
+    offset = np.minimum(offset, (field_of_view_depth(replaced_idx, replaced.shape, zooms) - FOV_CLEARANCE_MM) * scale)
+    # The template's anatomy stays where the placement puts it; only its skin is raised.
+    template_skin_distance = sample_at(tpl.signed_distance, tpl.affine, sample_points, 1e3)
+    new_skin_distance = (template_skin_distance - offset) / scale
+    template_at_voxels = sample_at(tpl.t1w, tpl.affine, sample_points, tpl.air)
+    return template_at_voxels, new_skin_distance, template_skin_distance
+
+
+def _image_skin(reference, zooms, threshold, labels, replaced) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The image's scalp near its skin outside the face, and the air in front of its skin.
+
+    Returns ``scalp`` (I, J, K) bool (S voxels), their signed skin distances (S,) in mm,
+    and, for the N ``replaced`` voxels, (N,) bool: outside the image's own skin.
+    """
+    image_skin_distance = signed_skin_distance(head_mask(reference, zooms, threshold), zooms)
+    low, high = SKIN_PROFILE_MM
+    scalp = (labels == 0) & (image_skin_distance >= low) & (image_skin_distance < high)
+    return scalp, image_skin_distance[scalp], image_skin_distance[replaced] > 0
 
 
 def head_placement(coords, coarse_labels, coarse_affine, tpl: "TemplateData") -> np.ndarray:

@@ -74,7 +74,9 @@ def bounding_box(mask: np.ndarray, margin: int = 0) -> tuple[slice, ...]:
     """
     if not mask.any():
         return tuple(slice(0, n) for n in mask.shape)
-    idx = np.argwhere(mask)
-    low = np.maximum(idx.min(0) - margin, 0)
-    high = np.minimum(idx.max(0) + margin + 1, mask.shape)
-    return tuple(slice(int(a), int(b)) for a, b in zip(low, high))
+    box = []
+    for axis, n in enumerate(mask.shape):
+        # Projections, not np.argwhere: the voxel indices of a 1 mm face take ~200 MB.
+        occupied = np.flatnonzero(mask.any(axis=tuple(a for a in range(mask.ndim) if a != axis)))
+        box.append(slice(max(int(occupied[0]) - margin, 0), min(int(occupied[-1]) + margin + 1, n)))
+    return tuple(box)

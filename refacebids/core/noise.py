@@ -156,7 +156,12 @@ def local_structure(signal: np.ndarray, region: np.ndarray) -> np.ndarray:
     # Mean absolute residual, scaled to an SD for Gaussian noise: it weighs a few strong
     # edges as a median would, less than the RMS does.
     scale = np.sqrt(np.pi / 2.0 * 27 / 26)
-    return np.where(region, scale * spread / np.maximum(weight, 1e-6), 0.0).astype(np.float32)
+    # In place: on a 1 mm face each float64 intermediate is ~70 MB.
+    structure = spread.astype(np.float64)
+    structure *= scale
+    structure /= np.maximum(weight, 1e-6)
+    structure[~region] = 0.0
+    return structure.astype(np.float32)
 
 
 def soften_structure(
@@ -175,15 +180,20 @@ def soften_structure(
     structure = local_structure(signal, region)
     if not np.any((structure > roughness) & (share > 0)):
         return signal
-    inside = region.astype(np.float32)
-    values = np.where(region, signal, 0.0).astype(np.float32)
-    coverage = np.maximum(ndi.gaussian_filter(inside, SOFTENING_VOXELS, truncate=3.0), 1e-6)
-    smooth = ndi.gaussian_filter(values, SOFTENING_VOXELS, truncate=3.0) / coverage
+    smooth = _smoothed_within(signal, region, SOFTENING_VOXELS)
     # The blend's roughness is close to the weighted mean of the two roughnesses.
     smooth_structure = local_structure(smooth, region)
     excess = np.clip((structure - roughness) / np.maximum(structure - smooth_structure, 1e-6), 0.0, 1.0)
     weight = np.where(region, share * excess, 0.0)
     return (signal + weight * (smooth - signal)).astype(np.float32)
+
+
+def _smoothed_within(signal: np.ndarray, region: np.ndarray, sigma_voxels: float) -> np.ndarray:
+    """(I, J, K) Gaussian smoothing of ``signal`` over ``region`` only, normalised by its coverage."""
+    inside = region.astype(np.float32)
+    values = np.where(region, signal, 0.0).astype(np.float32)
+    coverage = np.maximum(ndi.gaussian_filter(inside, sigma_voxels, truncate=3.0), 1e-6)
+    return ndi.gaussian_filter(values, sigma_voxels, truncate=3.0) / coverage
 
 
 def add_noise(

@@ -228,33 +228,34 @@ def reface_volume(
     """
     noise = estimate_noise(volume, air, tissue)
     levels, mapped = fit_intensity_map(template_at_training, volume[training], noise_floor=noise.floor)
-    signal = np.zeros(volume.shape, np.float32)
     box = bounding_box(replaced, margin=0)
+    in_box = replaced[box]
+    signal = np.zeros(in_box.shape, np.float32)
     distances, profile = fit_skin_profile(volume[scalp], scalp_skin_distance, noise_floor=noise.floor)
     near_skin = skin_profile_weight(new_skin_distance)
     beneath = np.where(
         padding, typical_level(volume[tissue], noise_floor=noise.floor), apply_intensity_map(template_at_voxels, levels, mapped)
     )
-    signal[replaced] = near_skin * np.interp(new_skin_distance, distances, profile) + (1.0 - near_skin) * beneath
+    signal[in_box] = near_skin * np.interp(new_skin_distance, distances, profile) + (1.0 - near_skin) * beneath
     # The tissue's roughness is texture as much as noise; within a few millimetres of
     # the new skin only the scanner's noise applies, or the skin would turn lumpy.
-    roughness = np.zeros(volume.shape, np.float32)
-    roughness[replaced] = np.clip(signal[replaced] / max(tissue_level, 1e-6), 0.0, 1.0) * np.clip(
+    roughness = np.zeros(in_box.shape, np.float32)
+    roughness[in_box] = np.clip(signal[in_box] / max(tissue_level, 1e-6), 0.0, 1.0) * np.clip(
         (-new_skin_distance - SMOOTH_SKIN_MM) / SMOOTH_SKIN_MM, 0.0, 1.0
     )
     # The drawn anatomy has some roughness of its own, at places more than the face had;
     # the noise makes up the rest. Matched where old and new face are both tissue, to the
     # old face's roughness there; inside by a voxel, as a box residual at the region's
     # edge would see the unfilled grid beyond it.
-    drawn = soften_structure(signal[box], replaced[box], noise.tissue_roughness, roughness[box])
-    both = (drawn > tissue_level) & ndi.binary_erosion(replaced[box]) & tissue[box]
+    drawn = soften_structure(signal, in_box, noise.tissue_roughness, roughness)
+    both = (drawn > tissue_level) & ndi.binary_erosion(in_box) & tissue[box]
     face_roughness = local_noise_sd(volume[box], both)
     target = dataclasses.replace(noise, tissue_roughness=face_roughness) if np.isfinite(face_roughness) else noise
-    noisy = add_noise(drawn, target, rng, roughness[box], both)
+    noisy = add_noise(drawn, target, rng, roughness, both)
     original = volume[replaced]
     # Feathered into the image's tissue, never into its air: new tissue faded towards
     # the air that was in front of the old skin would leave a dark cleft there, and the
     # old skin would show through it.
-    seam = np.where((original < tissue_level) & (signal[replaced] >= tissue_level), 1.0, seam)
-    values = feather(original, drawn[replaced[box]], noisy[replaced[box]], seam)
+    seam = np.where((original < tissue_level) & (signal[in_box] >= tissue_level), 1.0, seam)
+    values = feather(original, drawn[in_box], noisy[in_box], seam)
     return values.astype(np.float32), noise
