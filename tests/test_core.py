@@ -6,6 +6,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
+from refacebids.core.geometry import bounding_box
 from refacebids.core.intensity import SKIN_PROFILE_MM, fit_skin_profile, skin_profile_weight, typical_level
 from refacebids.core.noise import NoiseModel, add_noise, feather, local_noise_sd, soften_structure
 from refacebids.core import warp
@@ -161,3 +162,17 @@ def test_labels_placed_by_an_affine_alone_are_the_template_labels_moved_by_it():
     one_voxel_forward[1, 3] = dseg_img.affine[1, 1]  # image world + 1 voxel along y = template world
     placed = warp.placed_labels(dseg.shape, dseg_img.affine, template, one_voxel_forward)
     assert np.array_equal(placed[:, :-1], dseg[:, 1:]) and not placed[:, -1].any()
+
+
+def test_bounding_box_holds_every_marked_voxel_tightly_and_its_margin_stops_at_the_grid():
+    rng = np.random.default_rng(5)
+    for _ in range(50):
+        mask = np.zeros(tuple(rng.integers(2, 12, 3)), bool)
+        for _ in range(int(rng.integers(1, 5))):
+            mask[tuple(int(rng.integers(0, n)) for n in mask.shape)] = True
+        margin = int(rng.integers(0, 3))
+        idx = np.argwhere(mask)
+        low, high = np.maximum(idx.min(0) - margin, 0), np.minimum(idx.max(0) + margin + 1, mask.shape)
+        assert bounding_box(mask, margin) == tuple(slice(int(a), int(b)) for a, b in zip(low, high))
+    empty = np.zeros((3, 4, 5), bool)
+    assert bounding_box(empty, 1) == (slice(0, 3), slice(0, 4), slice(0, 5))
