@@ -17,7 +17,7 @@ import numpy as np
 
 from ..utils.threads import use_itk_threads
 from .geometry import to_ants
-from .surface import head_mask
+from .surface import head_mask, signed_depth
 
 RIGID_RESOLUTION_MM = 4.0
 WORKING_RESOLUTION_MM = 2.0
@@ -197,8 +197,8 @@ def cranium_overlap(fixed, warped, template_file, composite: str) -> tuple[float
     distance = ndi.distance_transform_edt(near_brain < 0.5, sampling=spacing)
     facial = np.isin(labels, [t for t in TISSUE_LABELS if t != FOREHEAD])
     cranium = (distance <= CRANIUM_MM) & ~facial
-    image_shell = _shell(_signed_depth(head_mask(fixed.numpy(), spacing), spacing)) & cranium
-    template_depth = _signed_depth(head_mask(warped.numpy(), spacing), spacing)
+    image_shell = _shell(signed_depth(head_mask(fixed.numpy(), spacing), spacing)) & cranium
+    template_depth = signed_depth(head_mask(warped.numpy(), spacing), spacing)
     dice = _dice(image_shell, _shell(template_depth) & cranium)
     # The probes move the template's signed depth, not its image: the same overlap for a
     # fraction of the cost, and a continuous shift (a moved mask would snap to voxels).
@@ -212,15 +212,6 @@ def cranium_overlap(fixed, warped, template_file, composite: str) -> tuple[float
             moved = ndi.shift(template_depth, voxels, order=1, mode="constant", cval=1e6)
             probes.append(_dice(image_shell, _shell(moved) & cranium))
     return dice, dice / max(max(probes), 1e-6)
-
-
-def _signed_depth(head: np.ndarray, spacing) -> np.ndarray:
-    """(I, J, K) float32 distance (mm) to the other side of the (I, J, K) ``head`` mask's
-    surface: negative inside, positive outside."""
-    from scipy import ndimage as ndi
-
-    outside = ndi.distance_transform_edt(~head, sampling=spacing)
-    return (outside - ndi.distance_transform_edt(head, sampling=spacing)).astype(np.float32)
 
 
 def _shell(depth: np.ndarray) -> np.ndarray:

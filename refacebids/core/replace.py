@@ -24,6 +24,7 @@ from .intensity import (
     apply_intensity_map, fit_intensity_map, fit_skin_profile, skin_profile_weight, typical_level,
 )
 from .noise import NoiseModel, add_noise, estimate_noise, feather, local_noise_sd, soften_structure
+from .surface import signed_depth
 
 # From nonlinear (edge) to head-affine placement (interior). Narrow: whatever follows
 # the registration is the subject's shape, and an 18 mm band gave the recogniser of the
@@ -139,11 +140,8 @@ def sample_at(
 
 def signed_skin_distance(head: np.ndarray, zooms) -> np.ndarray:
     """(I, J, K) signed distance to the skin in mm: negative inside the head, positive outside."""
-    zooms = np.asarray(zooms, float)
-    outside = ndi.distance_transform_edt(~head, sampling=zooms)
-    inside = ndi.distance_transform_edt(head, sampling=zooms)
     # Smoothed by one voxel: the distance to a voxelised surface has terraces.
-    return ndi.gaussian_filter((outside - inside).astype(np.float32), 1.0)
+    return ndi.gaussian_filter(signed_depth(head, np.asarray(zooms, float)), 1.0)
 
 
 def air_level(volume: np.ndarray) -> float:

@@ -75,6 +75,13 @@ def head_mask(volume: np.ndarray, zooms, threshold: float | None = None) -> np.n
     return _fill_holes_every_axis(mask)
 
 
+def signed_depth(head: np.ndarray, zooms) -> np.ndarray:
+    """(I, J, K) float32 distance (mm) to the surface of the (I, J, K) ``head`` mask:
+    negative inside, positive outside."""
+    outside = ndi.distance_transform_edt(~head, sampling=zooms)
+    return (outside - ndi.distance_transform_edt(head, sampling=zooms)).astype(np.float32)
+
+
 def skin_surface(mask: np.ndarray) -> np.ndarray:
     """Voxels of a mask that touch the outside (6-connectivity)."""
     return mask & ~ndi.binary_erosion(mask, border_value=1)
