@@ -18,7 +18,7 @@ from scipy import ndimage as ndi
 
 from . import modalities
 from .core import warp
-from .core.geometry import to_ants, world_grid, world_to_voxel
+from .core.geometry import distance_mm, to_ants, world_grid, world_to_voxel
 from .core.image import header_warnings, scrubbed_header, to_raw, write_like
 from .core.intensity import SKIN_PROFILE_MM, distribution_distance
 from .core.noise import local_noise_sd
@@ -351,7 +351,7 @@ def _template_data(template) -> TemplateData:
         order=0,
     )
     brain = np.asanyarray(nib.load(str(template.brain_mask)).dataobj) > 0
-    outside_protected = ndi.distance_transform_edt(~brain, sampling=zooms) > warp.PROTECT_MARGIN_MM
+    outside_protected = distance_mm(~brain, zooms) > warp.PROTECT_MARGIN_MM
     facial = dseg_on_t1w.reshape(t1w.shape) == warp.FACE
     face = facial & (t1w > head_level) & outside_protected
     signed = signed_skin_distance(head, zooms)

@@ -6,13 +6,15 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from refacebids.core.geometry import bounding_box
+from scipy import ndimage as ndi
+
+from refacebids.core.geometry import bounding_box, distance_mm
 from refacebids.core.intensity import SKIN_PROFILE_MM, fit_skin_profile, skin_profile_weight, typical_level
 from refacebids.core.noise import NoiseModel, add_noise, feather, local_noise_sd, soften_structure
 from refacebids.core import warp
 from refacebids.core.replace import BLEND_MM, RAISE_FADE_MM, edge_weight, field_of_view_depth, signed_skin_distance
 from refacebids.templates import load_template
-from refacebids.core.surface import head_mask
+from refacebids.core.surface import _fill_holes_every_axis, head_mask
 
 ZOOMS = (1.0, 1.0, 1.0)
 
@@ -176,3 +178,36 @@ def test_bounding_box_holds_every_marked_voxel_tightly_and_its_margin_stops_at_t
         assert bounding_box(mask, margin) == tuple(slice(int(a), int(b)) for a, b in zip(low, high))
     empty = np.zeros((3, 4, 5), bool)
     assert bounding_box(empty, 1) == (slice(0, 3), slice(0, 4), slice(0, 5))
+
+
+def test_distance_mm_is_the_euclidean_distance_in_mm_to_the_nearest_false_voxel():
+    rng = np.random.default_rng(11)
+    zooms = (0.9, 1.3, 2.4)
+    for _ in range(20):
+        mask = rng.random(tuple(rng.integers(3, 9, 3))) < 0.8
+        mask.flat[int(rng.integers(mask.size))] = False
+        background = np.argwhere(~mask) * zooms
+        expected = np.array([np.sqrt(((background - v * zooms) ** 2).sum(axis=1)).min()
+                             for v in np.argwhere(np.ones(mask.shape, bool))]).reshape(mask.shape)
+        np.testing.assert_allclose(distance_mm(mask, zooms), expected, rtol=1e-6)
+    assert np.isinf(distance_mm(np.ones((3, 3, 3), bool), zooms)).all()
+
+
+def test_holes_are_filled_slice_by_slice_as_a_2d_flood_fill_fills_them():
+    rng = np.random.default_rng(12)
+    for _ in range(20):
+        mask = rng.random(tuple(rng.integers(1, 14, 3))) < rng.uniform(0.3, 0.8)
+        expected = mask
+        for axis in range(3):
+            slices = np.moveaxis(expected, axis, 0)
+            expected = np.moveaxis(np.stack([ndi.binary_fill_holes(s) for s in slices]), 0, axis)
+        assert np.array_equal(_fill_holes_every_axis(mask), expected)
+    # A closed box is solid; a tube open at both ends is filled across its slices only.
+    box = np.zeros((9, 9, 9), bool)
+    box[1:-1, 1:-1, 1:-1] = True
+    box[2:-2, 2:-2, 2:-2] = False
+    assert _fill_holes_every_axis(box)[1:-1, 1:-1, 1:-1].all()
+    tube = np.zeros((9, 9, 9), bool)
+    tube[2:7, 2:7, :] = True
+    tube[3:6, 3:6, :] = False
+    assert _fill_holes_every_axis(tube)[3:6, 3:6, :].all()

@@ -30,7 +30,7 @@ import nibabel as nib
 import numpy as np
 from scipy import ndimage as ndi
 
-from .geometry import bounding_box
+from .geometry import bounding_box, distance_mm
 from .intensity import apply_intensity_map, fit_intensity_map
 from .noise import NoiseModel, correlated_noise, estimate_noise, local_noise_sd
 from .surface import head_mask, skin_threshold
@@ -95,11 +95,11 @@ def pseudo_ct(t1w: np.ndarray, brain: np.ndarray, zooms) -> np.ndarray:
     zooms = np.asarray(zooms, float)
     level = skin_threshold(t1w)
     head = head_mask(t1w, zooms, level)
-    depth = ndi.distance_transform_edt(head, sampling=zooms)
+    depth = distance_mm(head, zooms)
     extracranial = head & ~brain
     fat_level, dark_level = np.percentile(t1w[extracranial], [80.0, 30.0])
     # The skull is the shell around the brain mask; its marrow is bright in a T1w.
-    skull = ndi.distance_transform_edt(~brain, sampling=zooms) <= SKULL_MM
+    skull = distance_mm(~brain, zooms) <= SKULL_MM
     deep = extracranial & (depth >= BONE_MIN_DEPTH_MM)
     hu = np.full(t1w.shape, AIR_HU, np.float32)
     hu[extracranial] = TISSUE_HU["soft_tissue"]
@@ -225,7 +225,7 @@ def dental_region(hu: np.ndarray, labels: np.ndarray, affine: np.ndarray, zooms)
     jaw = labels == TEETH_JAW
     if not jaw.any():
         return np.zeros(labels.shape, bool)
-    near_jaw = ndi.distance_transform_edt(~jaw, sampling=zooms) <= DENTAL_REACH_MM
+    near_jaw = distance_mm(~jaw, zooms) <= DENTAL_REACH_MM
     dense = (hu >= DENTAL_HU) & near_jaw & (labels != PROTECTED)
     region = ndi.binary_dilation(dense)
     metal = dense & (hu >= METAL_HU)
@@ -235,5 +235,5 @@ def dental_region(hu: np.ndarray, labels: np.ndarray, affine: np.ndarray, zooms)
         # so the region covers the metal's slices and thins out on their neighbours.
         sampling = zooms.copy()
         sampling[slice_axis] = STREAK_MM / 1.5
-        region |= ndi.distance_transform_edt(~metal, sampling=sampling) <= STREAK_MM
+        region |= distance_mm(~metal, sampling) <= STREAK_MM
     return region & (labels != PROTECTED)

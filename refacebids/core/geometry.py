@@ -80,3 +80,15 @@ def bounding_box(mask: np.ndarray, margin: int = 0) -> tuple[slice, ...]:
         occupied = np.flatnonzero(mask.any(axis=tuple(a for a in range(mask.ndim) if a != axis)))
         box.append(slice(max(int(occupied[0]) - margin, 0), min(int(occupied[-1]) + margin + 1, n)))
     return tuple(box)
+
+
+def distance_mm(mask: np.ndarray, zooms) -> np.ndarray:
+    """(I, J, K) float32 distance (mm) from each True voxel of ``mask`` to the nearest False
+    one; 0 on False voxels, infinite when there is none.
+
+    The exact Euclidean distance of ``scipy.ndimage.distance_transform_edt``, by the
+    ``edt`` package: a quarter of the time and no (3, I, J, K) index array.
+    """
+    import edt
+
+    return edt.edt(np.ascontiguousarray(mask, dtype=bool), anisotropy=tuple(float(z) for z in zooms), parallel=1)

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from ..utils.threads import use_itk_threads
-from .geometry import to_ants
+from .geometry import distance_mm, to_ants
 from .surface import head_mask, signed_depth
 
 RIGID_RESOLUTION_MM = 4.0
@@ -194,7 +194,7 @@ def cranium_overlap(fixed, warped, template_file, composite: str) -> tuple[float
     labels = ants.apply_transforms(fixed, dseg, [composite], interpolator="nearestNeighbor").numpy()
     near_brain = ants.apply_transforms(fixed, brain, [composite], interpolator="linear").numpy()
     spacing = tuple(fixed.spacing)
-    distance = ndi.distance_transform_edt(near_brain < 0.5, sampling=spacing)
+    distance = distance_mm(near_brain < 0.5, spacing)
     facial = np.isin(labels, [t for t in TISSUE_LABELS if t != FOREHEAD])
     cranium = (distance <= CRANIUM_MM) & ~facial
     image_shell = _shell(signed_depth(head_mask(fixed.numpy(), spacing), spacing)) & cranium

@@ -19,7 +19,7 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from . import warp
-from .geometry import bounding_box
+from .geometry import bounding_box, distance_mm
 from .intensity import (
     apply_intensity_map, fit_intensity_map, fit_skin_profile, skin_profile_weight, typical_level,
 )
@@ -92,7 +92,7 @@ def edge_weight(
     ends = ~replaced & joins
     if not ends.any():
         return np.zeros(replaced.shape, np.float32)
-    distance = ndi.distance_transform_edt(~ends, sampling=zooms)
+    distance = distance_mm(~ends, zooms)
     return np.where(replaced, np.clip(1.0 - distance / reach_mm, 0.0, 1.0), 1.0).astype(np.float32)
 
 
@@ -153,7 +153,7 @@ def air_level(volume: np.ndarray) -> float:
 def seam_weights(replaced: np.ndarray, zooms) -> np.ndarray:
     """(N,) weight of the new value at each replaced voxel: 0 at the edge, 1 at ``SEAM_MM``."""
     box = bounding_box(replaced, margin=2)
-    depth = ndi.distance_transform_edt(np.pad(replaced[box], 1), sampling=zooms)[1:-1, 1:-1, 1:-1]
+    depth = distance_mm(np.pad(replaced[box], 1), zooms)[1:-1, 1:-1, 1:-1]
     return np.clip(depth[replaced[box]] / SEAM_MM, 0.0, 1.0).astype(np.float32)
 
 

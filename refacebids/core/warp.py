@@ -13,7 +13,7 @@ import nibabel as nib
 import numpy as np
 from scipy import ndimage as ndi
 
-from .geometry import ants_affine, ants_geometry, to_ants, world_grid
+from .geometry import ants_affine, ants_geometry, distance_mm, to_ants, world_grid
 
 # Refacing labels (templates/*_desc-reface_dseg.tsv), and the label given to protected
 # voxels in the image's label map: the protected region overrides every other label.
@@ -120,8 +120,7 @@ def _template_brain_distance(brain_mask_file: str) -> tuple[np.ndarray, np.ndarr
     """(X, Y, Z) float32 distance (mm) outside the template's brain, and its affine."""
     brain_img = nib.load(brain_mask_file)
     brain = np.asanyarray(brain_img.dataobj) > 0
-    distance = ndi.distance_transform_edt(~brain, sampling=brain_img.header.get_zooms()[:3])
-    distance = distance.astype(np.float32)
+    distance = distance_mm(~brain, brain_img.header.get_zooms()[:3])
     distance.flags.writeable = False  # shared by every call in the process
     return distance, brain_img.affine
 
