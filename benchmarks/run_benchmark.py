@@ -95,13 +95,12 @@ def engine_steps(in_file: Path, work: Path, modality: str, metadata: dict) -> di
                                    frame_durations=frames)
     times["register"] = time.perf_counter() - start
     start = time.perf_counter()
-    labels, coords = engine.compute_masks(in_file, template, record["composite"], work)
+    masks = engine.compute_masks(in_file, template, record["composite"], work, modality=modality,
+                                 frame_durations=frames)
     times["mask"] = time.perf_counter() - start
     start = time.perf_counter()
-    out_file, mask_file, _ = engine.replace_face(
-        in_file, template, record["composite"], labels, coords, work, modality=modality,
-        frame_durations=frames,
-    )
+    out_file, mask_file, _ = engine.replace_face(in_file, template, masks, work, modality=modality,
+                                                 frame_durations=frames)
     times["replace"] = time.perf_counter() - start
     start = time.perf_counter()
     before, after = nib.load(in_file), nib.load(out_file)
@@ -109,7 +108,7 @@ def engine_steps(in_file: Path, work: Path, modality: str, metadata: dict) -> di
     if b.ndim == 4:  # the report shows the mean over frames
         b, a = b.mean(axis=3), a.mean(axis=3)
     replaced = np.asanyarray(nib.load(mask_file).dataobj) > 0
-    label_map = np.asanyarray(nib.load(labels).dataobj)
+    label_map = np.asanyarray(nib.load(masks.labels).dataobj)
     slices_before_after(b, a, before.affine, replaced, label_map == PROTECTED,
                         work / "slices.png", labels=label_map)
     renders_before_after(b, a, before.affine, work / "renders.png")

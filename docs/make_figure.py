@@ -37,15 +37,12 @@ def flair_from_philips(path: Path) -> None:
 
 def panel(in_file: Path, title: str, work: Path) -> Image.Image:
     template = load_template()
-    record = engine.register_image(in_file, template, work)
-    labels, coords = engine.compute_masks(in_file, template, record["composite"], work)
-    out_file, mask_file, metrics = engine.replace_face(
-        in_file, template, record["composite"], labels, coords, work
-    )
-    before, after = nib.load(in_file), nib.load(out_file)
+    result = engine.reface(in_file, template, work)
+    metrics = result["metrics"]
+    before, after = nib.load(in_file), nib.load(result["out_file"])
     b, a = before.get_fdata(dtype=np.float32), after.get_fdata(dtype=np.float32)
-    replaced = np.asanyarray(nib.load(mask_file).dataobj) > 0
-    protected = np.asanyarray(nib.load(labels).dataobj) == PROTECTED
+    replaced = np.asanyarray(nib.load(result["mask_file"]).dataobj) > 0
+    protected = np.asanyarray(nib.load(result["masks"].labels).dataobj) == PROTECTED
     renders_before_after(b, a, before.affine, work / "renders.png")
     slices_before_after(b, a, before.affine, replaced, protected, work / "slices.png")
     images = [Image.open(work / "renders.png").convert("RGB"), Image.open(work / "slices.png").convert("RGB")]

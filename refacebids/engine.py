@@ -18,11 +18,11 @@ from scipy import ndimage as ndi
 
 from . import modalities
 from .core import warp
-from .core.geometry import distance_mm, to_ants, world_grid, world_to_voxel
+from .core.geometry import distance_mm, other_grid_index, world_grid, world_to_voxel
 from .core.image import header_warnings, scrubbed_header, to_raw, write_like
 from .core.intensity import SKIN_PROFILE_MM, distribution_distance
 from .core.noise import local_noise_sd
-from .core.registration import MIN_PEAK_RATIO, WORKING_RESOLUTION_MM, register_template
+from .core.registration import WORKING_RESOLUTION_MM, register_template
 from .core.replace import (
     FOV_CLEARANCE_MM,
     JOIN_REACH_MM,
@@ -73,18 +73,39 @@ def register_image(
     return record
 
 
+@dataclass(frozen=True)
+class MaskFiles:
+    """What the mask step hands the replace step (uncompressed NIfTI in the work folder).
+
+    Attributes
+    ----------
+    labels : str
+        (I, J, K) uint8 refacing labels on the image grid, protected region included
+        (see :mod:`refacebids.core.warp`).
+    coords : str
+        (i, j, k, 4) float32 on the 2 mm working grid: template coordinates (mm) and
+        the labels.
+    skin : str
+        (I, J, K) float32 signed distance (mm) to the image's own skin, negative inside.
+    placement : str
+        JSON: ``head_affine``, the (4, 4) image-world to template-world affine that
+        places the replacement (:func:`head_placement`).
+    """
+
+    labels: str
+    coords: str
+    skin: str
+    placement: str
+
+
 def compute_masks(
     in_file, template, composite: str, out_dir, *, modality: str = "T1w", frame_durations=None
-) -> tuple[str, str]:
-    """Warp the refacing labels to the image, and template coordinates to a 2 mm grid.
+) -> MaskFiles:
+    """Carry the refacing labels to the image and find the image's own skin.
 
-    Returns
-    -------
-    labels_file : str
-        uint8 labels on the image grid (see :mod:`refacebids.core.warp`).
-    coords_file : str
-        (I, J, K, 4) float32 on the 2 mm working grid: template coordinates (mm) and
-        the labels.
+    The template coordinates of the 2 mm working grid are the only thing resampled
+    through the registration; labels, protected region and the replace step's samples
+    are all read off them.
     """
     out_dir = Path(out_dir)
     head = modalities.load(in_file, modality, frame_durations)
@@ -94,23 +115,25 @@ def compute_masks(
     outside_head = ~ndi.binary_dilation(skin)  # one voxel clear of the skin's partial volume
     coarse, coarse_affine = warp.working_reference(shape, head.affine, WORKING_RESOLUTION_MM)
     coords = warp.template_coordinates(coarse, template, composite)
-    coarse_labels = warp.image_labels(coords.shape[:3], coarse_affine, template, composite)
+    coarse_labels = warp.coarse_labels(coords, template)
     placement = head_placement(coords, coarse_labels, coarse_affine, _template_data(template))
     coarse_labels = warp.with_placed_face(coarse_labels, coarse_affine, template, placement)
     labels = warp.with_placed_face(
-        warp.image_labels(shape, head.affine, template, composite, outside_head),
+        warp.labels_on_grid(coords, coarse_affine, shape, head.affine, template, outside_head),
         head.affine, template, placement,
     )
-    labels_file, coords_file = out_dir / "labels.nii.gz", out_dir / "coords.nii.gz"
-    nib.Nifti1Image(labels, head.affine).to_filename(labels_file)
+    masks = MaskFiles(*(str(out_dir / name) for name in ("labels.nii", "coords.nii", "skin.nii", "placement.json")))
+    nib.Nifti1Image(labels, head.affine).to_filename(masks.labels)
     packed = np.concatenate([coords, coarse_labels[..., None].astype(np.float32)], axis=-1)
-    nib.Nifti1Image(packed, coarse_affine).to_filename(coords_file)
-    return str(labels_file), str(coords_file)
+    nib.Nifti1Image(packed, coarse_affine).to_filename(masks.coords)
+    nib.Nifti1Image(signed_skin_distance(skin, head.zooms), head.affine).to_filename(masks.skin)
+    Path(masks.placement).write_text(json.dumps({"head_affine": placement.tolist()}))
+    return masks
 
 
 def replace_face(
-    in_file, template, composite: str, labels_file, coords_file, out_dir, *, seed: int = 42,
-    modality: str = "T1w", frame_durations=None,
+    in_file, template, masks: MaskFiles, out_dir, *, seed: int = 42, modality: str = "T1w",
+    frame_durations=None,
 ) -> tuple[str, str, dict]:
     """Replace face, ears, teeth and wrapped face parts; never touch the protected region.
 
@@ -127,20 +150,24 @@ def replace_face(
     head = modalities.load(in_file, modality, frame_durations)
     template = modalities.replacement_template(template, modality, out_dir)
     zooms = head.zooms
-    labels = np.asanyarray(nib.load(labels_file).dataobj)
-    coords_img = nib.load(coords_file)
+    labels = np.asanyarray(nib.load(masks.labels).dataobj)
+    coords_img = nib.load(masks.coords)
     packed = np.asanyarray(coords_img.dataobj).astype(np.float32)
     coords, coarse_labels = packed[..., :3], np.rint(packed[..., 3]).astype(np.uint8)
+    skin_distance = np.asanyarray(nib.load(masks.skin).dataobj)
     tpl = _template_data(template)
     tpl_head_level = tpl.head_level
     coarse_affine = coords_img.affine
 
-    reference = head.reference()
+    values = head.scaled()
+    reference = values if values.ndim == 3 else head.reference()
     threshold = modalities.skin_level(reference, modality)
-    reference_ants = to_ants(np.zeros(reference.shape, np.float32), head.affine)
-    tpl_registered = warp.warp_image(template.t1w, reference_ants, composite, "linear", -1.0)
+    # The registered template on the image grid decides which voxels are which tissue;
+    # its values where the contrast is learned are sampled exactly, below.
+    tpl_coarse = sample_at(tpl.t1w, tpl.affine, coords.reshape(-1, 3), -1.0).reshape(coords.shape[:3])
+    tpl_registered = warp.upsample(tpl_coarse, coarse_affine, labels.shape, head.affine)
 
-    tissue_labels = np.isin(labels, warp.TISSUE_LABELS)
+    tissue_labels = warp.is_label(labels, warp.TISSUE_LABELS)
     replaced = tissue_labels | wrap_signal(
         reference, labels == warp.WRAP_AIR, 0.5 * threshold, zooms
     )
@@ -148,15 +175,16 @@ def replace_face(
     if not tissue_labels.any():
         raise ValueError("the face lies outside the image's field of view")
 
-    head_affine = head_placement(coords, coarse_labels, coarse_affine, tpl)
+    head_affine = np.array(json.loads(Path(masks.placement).read_text())["head_affine"])
     template_at_voxels, new_skin_distance, template_skin_distance = _replacement_samples(
         replaced, head.affine, zooms, coords, coarse_labels, coarse_affine, head_affine, tpl
     )
     # The image's own skin: how it looks outside the face, and where it was. In front of
     # it (air before) the new face is subcutaneous tissue, never template anatomy that a
     # head-affine placement may put there (a template brow in front of a flat forehead).
-    scalp, scalp_skin_distance, in_front_of_skin = _image_skin(reference, zooms, threshold, labels, replaced)
-    padding = (template_skin_distance > -SKIN_DEPTH_MM) | in_front_of_skin
+    low, high = SKIN_PROFILE_MM
+    scalp = (labels == 0) & (skin_distance >= low) & (skin_distance < high)
+    padding = (template_skin_distance > -SKIN_DEPTH_MM) | (skin_distance[replaced] > 0)
 
     # Where template and image tissue correspond: outside the face, brain and wrap band.
     rng = np.random.default_rng(seed)
@@ -164,13 +192,15 @@ def replace_face(
     training = kept & ((tpl_registered > 0.3 * tpl_head_level) | (reference > 0.5 * threshold))
     training |= kept & (rng.random(labels.shape) < 0.02)  # some air, for the dark end
     training = _subsample(training, MAX_TRAINING_SAMPLES, rng)
-    air = np.isin(labels, (0, warp.WRAP_AIR)) & (tpl_registered < 0.1 * tpl_head_level)
+    template_at_training = sample_at(
+        tpl.t1w, tpl.affine, _template_points(np.nonzero(training), head.affine, coords, coarse_affine), tpl.air
+    )
+    air = warp.is_label(labels, (0, warp.WRAP_AIR)) & (tpl_registered < 0.1 * tpl_head_level)
     air &= reference < threshold
     # The face's own roughness (noise and fine texture), a statistic of the region, not a shape.
     face_tissue = tissue_labels & (reference > threshold)
     seam = seam_weights(replaced, zooms)
 
-    values = head.scaled()
     volumes = values[..., None] if values.ndim == 3 else values
     raw_out = head.raw.copy()
     raw_volumes = raw_out[..., None] if raw_out.ndim == 3 else raw_out
@@ -179,7 +209,7 @@ def replace_face(
     for t in range(volumes.shape[3]):
         new_values, noise = reface(
             volumes[..., t], template_at_voxels, new_skin_distance, padding, replaced, training,
-            tpl_registered[training], scalp, scalp_skin_distance, air, face_tissue, seam, threshold, rng,
+            template_at_training, scalp, skin_distance[scalp], air, face_tissue, seam, threshold, rng,
         )
         raw_volumes[..., t][replaced] = to_raw(new_values, head)
         noise_models.append(noise.as_dict())
@@ -198,12 +228,41 @@ def replace_face(
 
     refaced = modalities.load(out_file, modality, frame_durations)
     metrics = _metrics(
-        head, refaced, labels, replaced, tpl_registered, tpl_head_level, threshold, expected_face_mm3
+        head, reference, refaced, labels, replaced, tpl_registered, tpl_head_level, threshold,
+        expected_face_mm3,
     )
     metrics["noise"] = noise_models
     metrics["warnings"] = quality_warnings(metrics) + header_warnings(head)
     metrics["head_affine_determinant"] = float(np.linalg.det(head_affine[:3, :3]))
     return str(out_file), str(mask_file), metrics
+
+
+def reface(in_file, template, out_dir, *, seed: int = 42, threads: int = 1, modality: str = "T1w",
+           frame_durations=None) -> dict:
+    """The three steps in one process, as the graph runs them (for tests, benchmarks, figures).
+
+    Returns the registration record, the :class:`MaskFiles`, and the replace step's
+    ``out_file``, ``mask_file`` and ``metrics``.
+    """
+    by_modality = dict(modality=modality, frame_durations=frame_durations)
+    registration = register_image(in_file, template, out_dir, seed=seed, threads=threads, **by_modality)
+    masks = compute_masks(in_file, template, registration["composite"], out_dir, **by_modality)
+    out_file, mask_file, metrics = replace_face(in_file, template, masks, out_dir, seed=seed, **by_modality)
+    return {"registration": registration, "masks": masks, "out_file": out_file,
+            "mask_file": mask_file, "metrics": metrics}
+
+
+def _template_points(voxels, image_affine, coords, coarse_affine) -> np.ndarray:
+    """(N, 3) template coordinates at image voxels, interpolated on the working grid's
+    ``coords`` (i, j, k, 3) as :func:`warp.labels_on_grid` does.
+
+    ``voxels`` holds three (N,) index arrays (``np.nonzero`` of a mask on the image grid
+    with ``image_affine``).
+    """
+    coarse_ijk = other_grid_index(voxels, np.linalg.inv(coarse_affine) @ image_affine)
+    return np.stack(
+        [ndi.map_coordinates(coords[..., k], coarse_ijk, order=1, mode="nearest") for k in range(3)], axis=1
+    )
 
 
 def _replacement_samples(
@@ -228,43 +287,27 @@ def _replacement_samples(
     registered_skin_distance = sample_at(
         tpl.signed_distance, tpl.affine, coords.reshape(-1, 3), 1e3
     ).reshape(coords.shape[:3])
-    replaceable = np.isin(coarse_labels, warp.REPLACEABLE)
+    replaceable = warp.is_label(coarse_labels, warp.REPLACEABLE)
     joins = (coarse_labels == 0) & (np.abs(registered_skin_distance) <= JOIN_REACH_MM)
     weight = edge_weight(replaceable, joins, coarse_affine)
     # A raised ear is a blob, and a raised cheek against it a wall in front of the ear.
     ears = coarse_labels == warp.EARS
     unraised = edge_weight(replaceable & ~ears, joins | ears, coarse_affine, RAISE_FADE_MM)
     blended = blended_coordinates(coords, weight, head_affine, coarse_affine)
-    replaced_idx = np.argwhere(replaced)
-    replaced_world = replaced_idx.astype(np.float32) @ image_affine[:3, :3].T.astype(np.float32)
-    replaced_world += image_affine[:3, 3].astype(np.float32)
-    coarse_ijk = world_to_voxel(replaced_world, coarse_affine).T
-    sample_points = np.stack(
-        [ndi.map_coordinates(blended[..., k], coarse_ijk, order=1, mode="nearest") for k in range(3)],
-        axis=1,
-    )
+    voxels = np.nonzero(replaced)
+    sample_points = _template_points(voxels, image_affine, blended, coarse_affine)
+    coarse_ijk = other_grid_index(voxels, np.linalg.inv(coarse_affine) @ image_affine)
     scale = np.cbrt(abs(np.linalg.det(head_affine[:3, :3])))  # template mm per image mm
     offset = SKIN_OFFSET_MM * (1.0 - ndi.map_coordinates(unraised, coarse_ijk, order=1, mode="nearest"))
     # Raised within the field of view only: a face pushed through its edge would be cut
     # flat there, where the subject's own nose or chin was cut, and give the cut back.
-    offset = np.minimum(offset, (field_of_view_depth(replaced_idx, replaced.shape, zooms) - FOV_CLEARANCE_MM) * scale)
+    offset = np.minimum(offset, (field_of_view_depth(voxels, replaced.shape, zooms) - FOV_CLEARANCE_MM) * scale)
     # The template's anatomy stays where the placement puts it; only its skin is raised.
-    template_skin_distance = sample_at(tpl.signed_distance, tpl.affine, sample_points, 1e3)
+    template_ijk = world_to_voxel(sample_points, tpl.affine).T
+    template_skin_distance = ndi.map_coordinates(tpl.signed_distance, template_ijk, order=1, cval=1e3)
     new_skin_distance = (template_skin_distance - offset) / scale
-    template_at_voxels = sample_at(tpl.t1w, tpl.affine, sample_points, tpl.air)
+    template_at_voxels = ndi.map_coordinates(tpl.t1w, template_ijk, order=1, cval=tpl.air)
     return template_at_voxels, new_skin_distance, template_skin_distance
-
-
-def _image_skin(reference, zooms, threshold, labels, replaced) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The image's scalp near its skin outside the face, and the air in front of its skin.
-
-    Returns ``scalp`` (I, J, K) bool (S voxels), their signed skin distances (S,) in mm,
-    and, for the N ``replaced`` voxels, (N,) bool: outside the image's own skin.
-    """
-    image_skin_distance = signed_skin_distance(head_mask(reference, zooms, threshold), zooms)
-    low, high = SKIN_PROFILE_MM
-    scalp = (labels == 0) & (image_skin_distance >= low) & (image_skin_distance < high)
-    return scalp, image_skin_distance[scalp], image_skin_distance[replaced] > 0
 
 
 def head_placement(coords, coarse_labels, coarse_affine, tpl: "TemplateData") -> np.ndarray:
@@ -293,12 +336,14 @@ def quality_warnings(metrics: dict) -> list[str]:
     return warnings
 
 
-def _metrics(head, refaced, labels, replaced, tpl_registered, tpl_head_level, threshold, expected_face_mm3) -> dict:
+def _metrics(
+    head, original, refaced, labels, replaced, tpl_registered, tpl_head_level, threshold, expected_face_mm3
+) -> dict:
     protected = labels == warp.PROTECTED
     changed = _stored_differently(head.raw, refaced.raw)
     if changed.ndim == 4:
         changed = changed.any(axis=3)
-    original, new = head.reference(), refaced.reference()
+    new = refaced.reference()
     face = labels == warp.FACE
     moved, n_surface = face_surface_moved(original, new, face, head.zooms, threshold=threshold)
     face_tissue_mm3 = np.count_nonzero(face & (tpl_registered > tpl_head_level)) * np.prod(head.zooms)

@@ -75,6 +75,18 @@ def pytest_collection_modifyitems(config, items):
                 item.add_marker(pytest.mark.skip(reason=reason))
 
 
+def engine_outcome(in_file, result: dict, work: Path) -> dict:
+    """The images and numbers of one ``engine.reface`` run, loaded for the tests' measures
+    (its metrics also written to ``work/metrics.json``, for reading after a failure)."""
+    (work / "metrics.json").write_text(json.dumps(result["metrics"], indent=2, default=str))
+    return {
+        "in": nib.load(in_file), "out": nib.load(result["out_file"]),
+        "replaced": np.asanyarray(nib.load(result["mask_file"]).dataobj) > 0,
+        "labels": np.asanyarray(nib.load(result["masks"].labels).dataobj),
+        "registration": result["registration"], "metrics": result["metrics"],
+    }
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _real_data():
     if not T1W_A.exists():

@@ -202,10 +202,7 @@ def _reface(job):
     in_file, out_file, work = job
     work.mkdir(parents=True)
     template = load_template()
-    record = engine.register_image(in_file, template, work)
-    labels, coords = engine.compute_masks(in_file, template, record["composite"], work)
-    refaced, _, _ = engine.replace_face(in_file, template, record["composite"], labels, coords, work)
-    shutil.copyfile(refaced, out_file)
+    shutil.copyfile(engine.reface(in_file, template, work)["out_file"], out_file)
 
 
 def _derivatives(bids, out, refaced_files):

@@ -151,19 +151,20 @@ def test_typical_level_takes_the_rician_bias_out():
 
 def test_field_of_view_depth_is_the_distance_to_the_nearest_face_of_the_grid():
     voxels = np.array([[0, 5, 5], [9, 5, 5], [4, 4, 4], [2, 7, 3]])
-    depth = field_of_view_depth(voxels, (10, 10, 10), (1.0, 2.0, 0.5))
+    depth = field_of_view_depth(tuple(voxels.T), (10, 10, 10), (1.0, 2.0, 0.5))
     np.testing.assert_allclose(depth, [0.0, 0.0, 2.0, 1.5])
 
 
-def test_labels_placed_by_an_affine_alone_are_the_template_labels_moved_by_it():
+def test_labels_placed_by_an_affine_alone_are_the_template_tissue_labels_moved_by_it():
     template = load_template()
     dseg_img = nib.load(template.dseg)
     dseg = np.asanyarray(dseg_img.dataobj)
-    assert np.array_equal(warp.placed_labels(dseg.shape, dseg_img.affine, template, np.eye(4)), dseg)
+    tissue = np.where(warp.is_label(dseg, warp.TISSUE_LABELS), dseg, 0)
+    assert np.array_equal(warp.placed_labels(dseg.shape, dseg_img.affine, template, np.eye(4)), tissue)
     one_voxel_forward = np.eye(4)
     one_voxel_forward[1, 3] = dseg_img.affine[1, 1]  # image world + 1 voxel along y = template world
     placed = warp.placed_labels(dseg.shape, dseg_img.affine, template, one_voxel_forward)
-    assert np.array_equal(placed[:, :-1], dseg[:, 1:]) and not placed[:, -1].any()
+    assert np.array_equal(placed[:, :-1], tissue[:, 1:]) and not placed[:, -1].any()
 
 
 def test_bounding_box_holds_every_marked_voxel_tightly_and_its_margin_stops_at_the_grid():

@@ -16,7 +16,6 @@ Targets (issue "Refacing engine"):
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import nibabel as nib
@@ -28,7 +27,7 @@ from refacebids.core.warp import FACE, PROTECTED
 from refacebids.templates import load_template
 
 from . import measures
-from .conftest import DATA
+from .conftest import DATA, engine_outcome
 from .simulate import simulate_flair, simulate_t2star
 
 MOVED_SHARE = 0.90
@@ -139,18 +138,7 @@ def refaced(tmp_path_factory):
         else:
             in_file = DATA / source
         template = load_template()
-        record = engine.register_image(in_file, template, work)
-        labels, coords = engine.compute_masks(in_file, template, record["composite"], work)
-        out_file, mask_file, metrics = engine.replace_face(
-            in_file, template, record["composite"], labels, coords, work
-        )
-        (work / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str))
-        _RESULTS[case] = {
-            "in": nib.load(in_file), "out": nib.load(out_file),
-            "replaced": np.asanyarray(nib.load(mask_file).dataobj) > 0,
-            "labels": np.asanyarray(nib.load(labels).dataobj),
-            "registration": record, "metrics": metrics,
-        }
+        _RESULTS[case] = engine_outcome(in_file, engine.reface(in_file, template, work), work)
         return _RESULTS[case]
 
     return run
@@ -279,9 +267,7 @@ def test_skull_interior_never_written(tmp_path):
     interior = ndi.binary_erosion(interior, iterations=3)
     interior[:, :, :10] = False
     template = load_template()
-    record = engine.register_image(in_file, template, tmp_path)
-    labels, coords = engine.compute_masks(in_file, template, record["composite"], tmp_path)
-    out_file, _, _ = engine.replace_face(in_file, template, record["composite"], labels, coords, tmp_path)
+    out_file = engine.reface(in_file, template, tmp_path)["out_file"]
     before, after = _raw(nib.load(in_file)), _raw(nib.load(out_file))
     assert interior.sum() > 500_000  # the brain, ~0.5 L at least
     assert np.array_equal(before[interior], after[interior])

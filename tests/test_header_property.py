@@ -3,8 +3,8 @@
 Hypothesis draws header variants of one real head (IXI049, 2 mm): on-disk dtype
 (uint8, int8, int16, uint16, int32, float32, float64), with or without
 ``scl_slope``/``scl_inter``, storage order (RAS, LPS, PIR), qform and sform codes, and
-for float types NaN/Inf voxels. For each, the real replace step
-(:func:`refacebids.engine.replace_face`, which writes through
+for float types NaN/Inf voxels. For each, the real mask and replace steps
+(:func:`refacebids.engine.compute_masks`, :func:`refacebids.engine.replace_face`, which writes through
 :func:`refacebids.core.image.write_like`) and the output writer's copy
 (:func:`refacebids.utils.atomic.atomic_copy`, ``.nii.gz`` to ``.nii``) run, and the
 written image must keep every stored value outside the replaced region, 0 protected
@@ -12,8 +12,7 @@ voxels changed, the header's geometry, codes, dtype and scaling, and no NaN/Inf 
 the replaced region.
 
 One registration per session (the expensive part) is shared: a variant holds the same
-voxels at the same world positions, so the template transform is the same and the
-labels carried to the image are the base labels put in the variant's storage order.
+voxels at the same world positions, so the template transform is the same.
 """
 
 from __future__ import annotations
@@ -42,14 +41,12 @@ DTYPES = ["uint8", "int8", "int16", "uint16", "int32", "float32", "float64"]
 
 @pytest.fixture(scope="module")
 def registered(tmp_path_factory):
-    """The template registered once to the base head, and its labels on the base grid."""
+    """The template registered once to the base head."""
     work = tmp_path_factory.mktemp("property")
     template = load_template()
     record = engine.register_image(BASE, template, work)
     assert record["ok"], record
-    labels_file, coords_file = engine.compute_masks(BASE, template, record["composite"], work)
-    return {"template": template, "composite": record["composite"], "coords": coords_file,
-            "labels": nib.load(labels_file)}
+    return {"template": template, "composite": record["composite"]}
 
 
 def _in_storage_order(img: nib.Nifti1Image, axcodes: str) -> nib.Nifti1Image:
@@ -91,13 +88,8 @@ def test_refacing_keeps_everything_but_the_replaced_voxels(registered, variant):
             with pytest.raises(ImageError, match="no orientation"):
                 load_head_image(in_file)
             return
-        labels = _in_storage_order(registered["labels"], variant["axcodes"])
-        labels_file = tmp / "labels.nii.gz"
-        labels.to_filename(labels_file)
-
-        out_file, mask_file, metrics = engine.replace_face(
-            in_file, registered["template"], registered["composite"], labels_file,
-            registered["coords"], tmp)
+        masks = engine.compute_masks(in_file, registered["template"], registered["composite"], tmp)
+        out_file, mask_file, metrics = engine.replace_face(in_file, registered["template"], masks, tmp)
         written = atomic_copy(out_file, tmp / "written.nii")
         after = nib.load(written)
 
@@ -114,7 +106,7 @@ def test_refacing_keeps_everything_but_the_replaced_voxels(registered, variant):
 
         # Voxels: stored bits equal outside the replaced region; protected untouched.
         replaced = np.asanyarray(nib.load(mask_file).dataobj) > 0
-        protected = np.asanyarray(labels.dataobj) == PROTECTED
+        protected = np.asanyarray(nib.load(masks.labels).dataobj) == PROTECTED
         raw_before = np.asanyarray(before.dataobj.get_unscaled())
         raw_after = np.asanyarray(after.dataobj.get_unscaled())
         changed = _bits(raw_before) != _bits(raw_after)

@@ -21,7 +21,6 @@ from scipy import ndimage as ndi
 
 from refacebids.cli.run import main
 from refacebids.core.anat import compose_through, register_rigid
-from refacebids.core.pet import registration_image
 from refacebids.core.warp import FACE, TISSUE_LABELS
 from refacebids.templates import load_template
 

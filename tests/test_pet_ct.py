@@ -24,7 +24,6 @@ in the replaced region; the face cut on CT as accurate as on T1w.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import nibabel as nib
@@ -37,7 +36,7 @@ from refacebids.core.warp import FACE, PROTECTED, TISSUE_LABELS
 from refacebids.templates import load_template
 
 from . import measures
-from .conftest import DATA
+from .conftest import DATA, engine_outcome
 from .simulate import SOFT_TISSUE, simulate_ct, simulate_pet, tissue_classes
 
 MOVED_SHARE = 0.90
@@ -182,21 +181,9 @@ _RESULTS: dict[str, dict] = {}
 
 
 def _run_engine(in_file, work: Path, modality: str, frame_durations=None) -> dict:
-    template = load_template()
-    record = engine.register_image(in_file, template, work, modality=modality,
-                                   frame_durations=frame_durations)
-    labels, coords = engine.compute_masks(in_file, template, record["composite"], work)
-    out_file, mask_file, metrics = engine.replace_face(
-        in_file, template, record["composite"], labels, coords, work, modality=modality,
-        frame_durations=frame_durations,
-    )
-    (work / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str))
-    return {
-        "in": nib.load(in_file), "out": nib.load(out_file),
-        "replaced": np.asanyarray(nib.load(mask_file).dataobj) > 0,
-        "labels": np.asanyarray(nib.load(labels).dataobj),
-        "registration": record, "metrics": metrics,
-    }
+    result = engine.reface(in_file, load_template(), work, modality=modality,
+                           frame_durations=frame_durations)
+    return engine_outcome(in_file, result, work)
 
 
 @pytest.fixture(scope="module")

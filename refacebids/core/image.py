@@ -62,8 +62,14 @@ class HeadImage:
 
     def scaled(self) -> np.ndarray:
         """Scaled values as float32, non-finite values set to 0."""
-        values = self.raw.astype(np.float32) * np.float32(self.slope) + np.float32(self.inter)
-        return np.nan_to_num(values, nan=0.0, posinf=0.0, neginf=0.0)
+        values = self.raw.astype(np.float32)
+        if (self.slope, self.inter) != (1.0, 0.0):
+            values *= np.float32(self.slope)
+            values += np.float32(self.inter)
+        # Integers scaled by finite factors are finite: no pass over the array for them.
+        if self.raw.dtype.kind == "f" or not np.isfinite([self.slope, self.inter]).all():
+            np.nan_to_num(values, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
+        return values
 
     def reference(self) -> np.ndarray:
         """(I, J, K) volume to register: the image, or the (weighted) mean of a 4D image's volumes.
@@ -101,8 +107,9 @@ def load_head_image(path) -> HeadImage:
         raise ImageError(f"unsupported data type {raw.dtype}")
     slope, inter = img.dataobj.slope, img.dataobj.inter
     head = HeadImage(img=img, raw=raw, slope=float(slope), inter=float(inter))
-    reference = head.reference()
-    if not np.any(reference):
+    # Unscaled integers are zero where their scaled values are: no float copy to check.
+    plain_integers = raw.dtype.kind in "iu" and head.inter == 0.0 and head.slope != 0.0
+    if not np.any(raw if plain_integers else head.reference()):
         raise ImageError("image is empty (all voxels zero or non-finite)")
     if not np.all(np.isfinite(img.affine)) or abs(np.linalg.det(img.affine[:3, :3])) < 1e-6:
         raise ImageError("image affine is not invertible")

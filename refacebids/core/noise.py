@@ -146,22 +146,41 @@ def local_structure(signal: np.ndarray, region: np.ndarray) -> np.ndarray:
     where its edges are (a template's fat against muscle, a skin) and smooth elsewhere,
     so one figure for the whole face adds noise on top of rough anatomy.
     """
-    inside = region.astype(np.float32)
-    values = np.where(region, signal, 0.0).astype(np.float32)
-    neighbours = ndi.uniform_filter(inside, 3)
-    mean = ndi.uniform_filter(values, 3) / np.maximum(neighbours, 1e-6)
-    deviation = np.where(region, np.abs(values - mean), 0.0)
+    return _structure(signal, _RegionFilters(region))
+
+
+class _RegionFilters:
+    """A region's own box and Gaussian weights, shared by every map computed over it."""
+
+    def __init__(self, region: np.ndarray):
+        self.region = region
+        self._inside = region.astype(np.float32)
+        self.neighbours = np.maximum(ndi.uniform_filter(self._inside, 3), 1e-6)
+        self._coverage: dict[float, np.ndarray] = {}
+
+    def coverage(self, sigma_voxels: float) -> np.ndarray:
+        """Gaussian-weighted share of the region around each voxel (at least 1e-6)."""
+        if sigma_voxels not in self._coverage:
+            weight = ndi.gaussian_filter(self._inside, sigma_voxels, truncate=3.0)
+            self._coverage[sigma_voxels] = np.maximum(weight, 1e-6)
+        return self._coverage[sigma_voxels]
+
+    def within(self, signal: np.ndarray) -> np.ndarray:
+        return np.where(self.region, signal, 0.0).astype(np.float32)
+
+
+def _structure(signal: np.ndarray, filters: _RegionFilters) -> np.ndarray:
+    values = filters.within(signal)
+    deviation = values - ndi.uniform_filter(values, 3) / filters.neighbours
+    np.abs(deviation, out=deviation)
+    deviation[~filters.region] = 0.0
     spread = ndi.gaussian_filter(deviation, STRUCTURE_SMOOTHING_VOXELS, truncate=3.0)
-    weight = ndi.gaussian_filter(inside, STRUCTURE_SMOOTHING_VOXELS, truncate=3.0)
     # Mean absolute residual, scaled to an SD for Gaussian noise: it weighs a few strong
     # edges as a median would, less than the RMS does.
-    scale = np.sqrt(np.pi / 2.0 * 27 / 26)
-    # In place: on a 1 mm face each float64 intermediate is ~70 MB.
-    structure = spread.astype(np.float64)
-    structure *= scale
-    structure /= np.maximum(weight, 1e-6)
-    structure[~region] = 0.0
-    return structure.astype(np.float32)
+    spread *= np.float32(np.sqrt(np.pi / 2.0 * 27 / 26))
+    spread /= filters.coverage(STRUCTURE_SMOOTHING_VOXELS)
+    spread[~filters.region] = 0.0
+    return spread
 
 
 def soften_structure(
@@ -177,23 +196,17 @@ def soften_structure(
     ``share`` (same shape, 0 to 1) says where texture may change at all (0 at the new
     skin, whose profile is the image's own).
     """
-    structure = local_structure(signal, region)
+    filters = _RegionFilters(region)
+    structure = _structure(signal, filters)
     if not np.any((structure > roughness) & (share > 0)):
         return signal
-    smooth = _smoothed_within(signal, region, SOFTENING_VOXELS)
+    smooth = ndi.gaussian_filter(filters.within(signal), SOFTENING_VOXELS, truncate=3.0)
+    smooth /= filters.coverage(SOFTENING_VOXELS)
     # The blend's roughness is close to the weighted mean of the two roughnesses.
-    smooth_structure = local_structure(smooth, region)
+    smooth_structure = _structure(smooth, filters)
     excess = np.clip((structure - roughness) / np.maximum(structure - smooth_structure, 1e-6), 0.0, 1.0)
     weight = np.where(region, share * excess, 0.0)
     return (signal + weight * (smooth - signal)).astype(np.float32)
-
-
-def _smoothed_within(signal: np.ndarray, region: np.ndarray, sigma_voxels: float) -> np.ndarray:
-    """(I, J, K) Gaussian smoothing of ``signal`` over ``region`` only, normalised by its coverage."""
-    inside = region.astype(np.float32)
-    values = np.where(region, signal, 0.0).astype(np.float32)
-    coverage = np.maximum(ndi.gaussian_filter(inside, sigma_voxels, truncate=3.0), 1e-6)
-    return ndi.gaussian_filter(values, sigma_voxels, truncate=3.0) / coverage
 
 
 def add_noise(

@@ -19,7 +19,7 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from . import warp
-from .geometry import bounding_box, distance_mm
+from .geometry import bounding_box, distance_mm, world_to_voxel
 from .intensity import (
     apply_intensity_map, fit_intensity_map, fit_skin_profile, skin_profile_weight, typical_level,
 )
@@ -122,19 +122,22 @@ def blended_coordinates(
     return blended.astype(np.float32)
 
 
-def field_of_view_depth(voxels: np.ndarray, shape: tuple, zooms) -> np.ndarray:
-    """(N,) distance in mm from voxel indices ``voxels`` (N, 3) to the nearest edge of the grid."""
-    index = voxels.astype(np.float32)
-    beyond = np.asarray(shape[:3], np.float32) - 1.0 - index
-    return (np.minimum(index, beyond) * np.asarray(zooms, np.float32)).min(axis=1)
+def field_of_view_depth(indices, shape: tuple, zooms) -> np.ndarray:
+    """(N,) distance in mm from voxels to the nearest edge of the grid.
+
+    ``indices`` holds three (N,) arrays of voxel indices, as ``np.nonzero`` gives them.
+    """
+    depth = np.full(len(indices[0]), np.inf, np.float32)
+    for along, n, zoom in zip(indices, shape[:3], zooms):
+        np.minimum(depth, np.minimum(along, n - 1 - along).astype(np.float32) * np.float32(zoom), out=depth)
+    return depth
 
 
 def sample_at(
     volume: np.ndarray, affine: np.ndarray, points: np.ndarray, outside: float = 0.0, order: int = 1
 ) -> np.ndarray:
     """Values of ``volume`` at world ``points`` (N, 3), ``outside`` beyond its grid."""
-    inverse = np.linalg.inv(affine).astype(np.float32)
-    ijk = points.astype(np.float32) @ inverse[:3, :3].T + inverse[:3, 3]
+    ijk = world_to_voxel(points, affine)
     return ndi.map_coordinates(volume, ijk.T, order=order, mode="constant", cval=outside)
 
 
@@ -168,7 +171,9 @@ def wrap_signal(volume: np.ndarray, wrap_band: np.ndarray, threshold: float, zoo
     if not signal.any():
         return signal
     iterations = max(1, int(round(WRAP_SIGNAL_DILATION_MM / min(zooms))))
-    return ndi.binary_dilation(signal, iterations=iterations) & wrap_band
+    grown = bounding_box(signal, margin=iterations)
+    signal[grown] = ndi.binary_dilation(signal[grown], iterations=iterations) & wrap_band[grown]
+    return signal
 
 
 def reface_volume(

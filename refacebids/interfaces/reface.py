@@ -107,6 +107,8 @@ class _MasksInputSpec(BaseInterfaceInputSpec):
 class _MasksOutputSpec(TraitedSpec):
     labels_file = File(exists=True, desc="refacing labels and protected region, image grid")
     coords_file = File(exists=True, desc="template coordinates on the 2 mm working grid")
+    skin_file = File(exists=True, desc="signed distance (mm) to the image's skin, image grid")
+    placement_file = File(exists=True, desc="image -> template affine placing the new face (JSON)")
 
 
 class WarpLabels(SimpleInterface):
@@ -117,7 +119,7 @@ class WarpLabels(SimpleInterface):
 
     def _run_interface(self, runtime):
         use_itk_threads(self.inputs.num_threads)
-        labels, coords = engine.compute_masks(
+        masks = engine.compute_masks(
             self.inputs.in_file,
             load_template(self.inputs.template),
             self.inputs.composite,
@@ -125,13 +127,20 @@ class WarpLabels(SimpleInterface):
             modality=self.inputs.modality,
             frame_durations=self.inputs.frame_durations or None,
         )
-        self._results.update(labels_file=labels, coords_file=coords)
+        self._results.update(labels_file=masks.labels, coords_file=masks.coords, skin_file=masks.skin,
+                             placement_file=masks.placement)
         return runtime
 
 
-class _ReplaceInputSpec(_MasksInputSpec):
+class _ReplaceInputSpec(BaseInterfaceInputSpec):
+    in_file = File(exists=True, mandatory=True)
+    template = traits.Str(mandatory=True)
+    modality = traits.Str("T1w", usedefault=True, desc="BIDS suffix (T1w, ..., pet, ct)")
+    frame_durations = traits.List(traits.Float, desc="PET FrameDuration (s), one per frame")
     labels_file = File(exists=True, mandatory=True)
     coords_file = File(exists=True, mandatory=True)
+    skin_file = File(exists=True, mandatory=True)
+    placement_file = File(exists=True, mandatory=True)
     registration = File(exists=True, mandatory=True)
     seed = traits.Int(42, usedefault=True)
 
@@ -149,14 +158,12 @@ class ReplaceFace(SimpleInterface):
     output_spec = _ReplaceOutputSpec
 
     def _run_interface(self, runtime):
-        use_itk_threads(self.inputs.num_threads)
         template = load_template(self.inputs.template)
         out_file, mask_file, metrics = engine.replace_face(
             self.inputs.in_file,
             template,
-            self.inputs.composite,
-            self.inputs.labels_file,
-            self.inputs.coords_file,
+            engine.MaskFiles(self.inputs.labels_file, self.inputs.coords_file, self.inputs.skin_file,
+                             self.inputs.placement_file),
             runtime.cwd,
             seed=self.inputs.seed,
             modality=self.inputs.modality,

@@ -44,10 +44,10 @@ class FaceReportlets(SimpleInterface):
         protected = labels == PROTECTED
         slices = os.path.join(runtime.cwd, "slices.png")
         renders = os.path.join(runtime.cwd, "renders.png")
+        before_values, after_values = before.reference(), after.reference()
         slices_before_after(
-            before.reference(), after.reference(), before.affine, replaced, protected, slices,
-            labels=labels,
+            before_values, after_values, before.affine, replaced, protected, slices, labels=labels,
         )
-        renders_before_after(before.reference(), after.reference(), before.affine, renders)
+        renders_before_after(before_values, after_values, before.affine, renders)
         self._results["reportlets"] = [slices, renders]
         return runtime

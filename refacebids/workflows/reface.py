@@ -102,7 +102,7 @@ def init_reface_wf(
     mask = pe.Node(WarpLabels(template=str(template.path), **by_modality), name="mask",
                    n_procs=omp_nthreads, mem_gb=mem_gb)
     replace = pe.Node(ReplaceFace(template=str(template.path), **by_modality), name="replace",
-                      n_procs=omp_nthreads, mem_gb=mem_gb)
+                      mem_gb=mem_gb)
     report = pe.Node(FaceReportlets(), name="report", mem_gb=mem_gb)
 
     workflow.connect([
@@ -114,8 +114,9 @@ def init_reface_wf(
         (inputnode, mask, [("in_file", "in_file")]),
         (register, mask, [("composite", "composite")]),
         (inputnode, replace, [("in_file", "in_file")]),
-        (register, replace, [("composite", "composite"), ("registration", "registration")]),
-        (mask, replace, [("labels_file", "labels_file"), ("coords_file", "coords_file")]),
+        (register, replace, [("registration", "registration")]),
+        (mask, replace, [("labels_file", "labels_file"), ("coords_file", "coords_file"),
+                         ("skin_file", "skin_file"), ("placement_file", "placement_file")]),
         (inputnode, report, [("in_file", "in_file")]),
         (mask, report, [("labels_file", "labels_file")]),
         (replace, report, [("out_file", "out_file"), ("mask_file", "mask_file")]),
