@@ -7,6 +7,7 @@ functions directly, without Nipype.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass
 from functools import lru_cache
@@ -39,6 +40,7 @@ from .core.replace import (
     wrap_signal,
 )
 from .core.surface import face_surface_moved, head_mask, skin_threshold
+from .utils.threads import in_parallel
 
 MAX_TRAINING_SAMPLES = 400_000
 # The template's blurred skin reaches this deep (mm); above it, under the raised skin,
@@ -99,43 +101,54 @@ class MaskFiles:
 
 
 def compute_masks(
-    in_file, template, composite: str, out_dir, *, modality: str = "T1w", frame_durations=None
+    in_file, template, composite: str, out_dir, *, modality: str = "T1w", frame_durations=None,
+    threads: int = 1,
 ) -> MaskFiles:
     """Carry the refacing labels to the image and find the image's own skin.
 
     The template coordinates of the 2 mm working grid are the only thing resampled
     through the registration; labels, protected region and the replace step's samples
-    are all read off them.
+    are all read off them. The image's skin does not depend on the registration: with
+    ``threads`` > 1 the two are found at the same time.
     """
     out_dir = Path(out_dir)
     head = modalities.load(in_file, modality, frame_durations)
     shape = head.raw.shape[:3]
-    reference = head.reference()
-    skin = head_mask(reference, head.zooms, modalities.skin_level(reference, modality))
-    outside_head = ~ndi.binary_dilation(skin)  # one voxel clear of the skin's partial volume
-    coarse, coarse_affine = warp.working_reference(shape, head.affine, WORKING_RESOLUTION_MM)
-    coords = warp.template_coordinates(coarse, template, composite)
-    coarse_labels = warp.coarse_labels(coords, template)
-    placement = head_placement(coords, coarse_labels, coarse_affine, _template_data(template))
-    coarse_labels = warp.with_placed_face(coarse_labels, coarse_affine, template, placement)
-    labels = warp.with_placed_face(
-        warp.labels_on_grid(coords, coarse_affine, shape, head.affine, template, outside_head),
-        head.affine, template, placement,
-    )
     masks = MaskFiles(*(str(out_dir / name) for name in ("labels.nii", "coords.nii", "skin.nii", "placement.json")))
+
+    def image_skin() -> np.ndarray:
+        reference = head.reference()
+        skin = head_mask(reference, head.zooms, modalities.skin_level(reference, modality))
+        nib.Nifti1Image(signed_skin_distance(skin, head.zooms), head.affine).to_filename(masks.skin)
+        return ~ndi.binary_dilation(skin)  # outside the head, one voxel clear of the skin's partial volume
+
+    def template_labels() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        coarse, coarse_affine = warp.working_reference(shape, head.affine, WORKING_RESOLUTION_MM)
+        coords = warp.template_coordinates(coarse, template, composite)
+        coarse_labels = warp.coarse_labels(coords, template)
+        placement = head_placement(coords, coarse_labels, coarse_affine, _template_data(template))
+        coarse_labels = warp.with_placed_face(coarse_labels, coarse_affine, template, placement)
+        packed = np.concatenate([coords, coarse_labels[..., None].astype(np.float32)], axis=-1)
+        nib.Nifti1Image(packed, coarse_affine).to_filename(masks.coords)
+        Path(masks.placement).write_text(json.dumps({"head_affine": placement.tolist()}))
+        return (*warp.labels_on_grid(coords, coarse_affine, shape, head.affine, template), placement)
+
+    (labels, brain_distance, placement), outside_head = in_parallel(threads, template_labels, image_skin)
+    labels = warp.with_placed_face(
+        warp.protect(labels, brain_distance, outside_head), head.affine, template, placement
+    )
     nib.Nifti1Image(labels, head.affine).to_filename(masks.labels)
-    packed = np.concatenate([coords, coarse_labels[..., None].astype(np.float32)], axis=-1)
-    nib.Nifti1Image(packed, coarse_affine).to_filename(masks.coords)
-    nib.Nifti1Image(signed_skin_distance(skin, head.zooms), head.affine).to_filename(masks.skin)
-    Path(masks.placement).write_text(json.dumps({"head_affine": placement.tolist()}))
     return masks
 
 
 def replace_face(
     in_file, template, masks: MaskFiles, out_dir, *, seed: int = 42, modality: str = "T1w",
-    frame_durations=None,
+    frame_durations=None, threads: int = 1,
 ) -> tuple[str, str, dict]:
     """Replace face, ears, teeth and wrapped face parts; never touch the protected region.
+
+    With ``threads`` > 1 the independent parts (where the new face comes from, what the
+    image's contrast is, the seam; writing and measuring the result) run at the same time.
 
     Returns
     -------
@@ -162,11 +175,6 @@ def replace_face(
     values = head.scaled()
     reference = values if values.ndim == 3 else head.reference()
     threshold = modalities.skin_level(reference, modality)
-    # The registered template on the image grid decides which voxels are which tissue;
-    # its values where the contrast is learned are sampled exactly, below.
-    tpl_coarse = sample_at(tpl.t1w, tpl.affine, coords.reshape(-1, 3), -1.0).reshape(coords.shape[:3])
-    tpl_registered = warp.upsample(tpl_coarse, coarse_affine, labels.shape, head.affine)
-
     tissue_labels = warp.is_label(labels, warp.TISSUE_LABELS)
     replaced = tissue_labels | wrap_signal(
         reference, labels == warp.WRAP_AIR, 0.5 * threshold, zooms
@@ -174,32 +182,42 @@ def replace_face(
     replaced |= modalities.extra_replaced(reference, labels, head.affine, zooms, modality)
     if not tissue_labels.any():
         raise ValueError("the face lies outside the image's field of view")
-
     head_affine = np.array(json.loads(Path(masks.placement).read_text())["head_affine"])
-    template_at_voxels, new_skin_distance, template_skin_distance = _replacement_samples(
-        replaced, head.affine, zooms, coords, coarse_labels, coarse_affine, head_affine, tpl
-    )
+    rng = np.random.default_rng(seed)
+
+    def correspondence():
+        """Where template and image tissue correspond (outside the face, brain and wrap
+        band), and where the image's air is."""
+        # The registered template on the image grid decides which voxels are which
+        # tissue; its values where the contrast is learned are sampled exactly.
+        tpl_coarse = sample_at(tpl.t1w, tpl.affine, coords.reshape(-1, 3), -1.0).reshape(coords.shape[:3])
+        tpl_registered = warp.upsample(tpl_coarse, coarse_affine, labels.shape, head.affine)
+        kept = (labels == 0) & (tpl_registered >= 0)
+        training = kept & ((tpl_registered > 0.3 * tpl_head_level) | (reference > 0.5 * threshold))
+        training |= kept & (rng.random(labels.shape) < 0.02)  # some air, for the dark end
+        training = _subsample(training, MAX_TRAINING_SAMPLES, rng)
+        points = _template_points(np.nonzero(training), head.affine, coords, coarse_affine)
+        air = warp.is_label(labels, (0, warp.WRAP_AIR)) & (tpl_registered < 0.1 * tpl_head_level)
+        air &= reference < threshold
+        return tpl_registered, training, sample_at(tpl.t1w, tpl.affine, points, tpl.air), air
+
+    (template_at_voxels, new_skin_distance, template_skin_distance), \
+        (tpl_registered, training, template_at_training, air), seam = in_parallel(
+            threads,
+            lambda: _replacement_samples(
+                replaced, head.affine, zooms, coords, coarse_labels, coarse_affine, head_affine, tpl
+            ),
+            correspondence,
+            lambda: seam_weights(replaced, zooms),
+        )
     # The image's own skin: how it looks outside the face, and where it was. In front of
     # it (air before) the new face is subcutaneous tissue, never template anatomy that a
     # head-affine placement may put there (a template brow in front of a flat forehead).
     low, high = SKIN_PROFILE_MM
     scalp = (labels == 0) & (skin_distance >= low) & (skin_distance < high)
     padding = (template_skin_distance > -SKIN_DEPTH_MM) | (skin_distance[replaced] > 0)
-
-    # Where template and image tissue correspond: outside the face, brain and wrap band.
-    rng = np.random.default_rng(seed)
-    kept = (labels == 0) & (tpl_registered >= 0)
-    training = kept & ((tpl_registered > 0.3 * tpl_head_level) | (reference > 0.5 * threshold))
-    training |= kept & (rng.random(labels.shape) < 0.02)  # some air, for the dark end
-    training = _subsample(training, MAX_TRAINING_SAMPLES, rng)
-    template_at_training = sample_at(
-        tpl.t1w, tpl.affine, _template_points(np.nonzero(training), head.affine, coords, coarse_affine), tpl.air
-    )
-    air = warp.is_label(labels, (0, warp.WRAP_AIR)) & (tpl_registered < 0.1 * tpl_head_level)
-    air &= reference < threshold
     # The face's own roughness (noise and fine texture), a statistic of the region, not a shape.
     face_tissue = tissue_labels & (reference > threshold)
-    seam = seam_weights(replaced, zooms)
 
     volumes = values[..., None] if values.ndim == 3 else values
     raw_out = head.raw.copy()
@@ -215,21 +233,21 @@ def replace_face(
         noise_models.append(noise.as_dict())
 
     out_file, mask_file = out_dir / "refaced.nii.gz", out_dir / "replaced_mask.nii.gz"
-    write_like(raw_out, head, out_file)
     mask_img = nib.Nifti1Image(
         replaced.astype(np.uint8), head.affine, scrubbed_header(head.img.header)
     )
     mask_img.set_data_dtype(np.uint8)
     mask_img.header.set_slope_inter(None, None)
-    mask_img.to_filename(mask_file)
-
     # The template's face tissue, brought to image millimetres by the head's affine.
     expected_face_mm3 = tpl.face_mm3 / abs(np.linalg.det(head_affine[:3, :3]))
-
-    refaced = modalities.load(out_file, modality, frame_durations)
-    metrics = _metrics(
-        head, reference, refaced, labels, replaced, tpl_registered, tpl_head_level, threshold,
-        expected_face_mm3,
+    # Measured on the stored values written out (the header's scaling, as a reader sees them).
+    refaced = dataclasses.replace(head, raw=raw_out)
+    *_, metrics = in_parallel(
+        threads,
+        lambda: write_like(raw_out, head, out_file),
+        lambda: mask_img.to_filename(mask_file),
+        lambda: _metrics(head, reference, refaced, labels, replaced, tpl_registered, tpl_head_level,
+                         threshold, expected_face_mm3),
     )
     metrics["noise"] = noise_models
     metrics["warnings"] = quality_warnings(metrics) + header_warnings(head)
@@ -246,8 +264,9 @@ def reface(in_file, template, out_dir, *, seed: int = 42, threads: int = 1, moda
     """
     by_modality = dict(modality=modality, frame_durations=frame_durations)
     registration = register_image(in_file, template, out_dir, seed=seed, threads=threads, **by_modality)
-    masks = compute_masks(in_file, template, registration["composite"], out_dir, **by_modality)
-    out_file, mask_file, metrics = replace_face(in_file, template, masks, out_dir, seed=seed, **by_modality)
+    masks = compute_masks(in_file, template, registration["composite"], out_dir, threads=threads, **by_modality)
+    out_file, mask_file, metrics = replace_face(in_file, template, masks, out_dir, seed=seed,
+                                                threads=threads, **by_modality)
     return {"registration": registration, "masks": masks, "out_file": out_file,
             "mask_file": mask_file, "metrics": metrics}
 

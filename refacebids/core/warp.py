@@ -43,9 +43,8 @@ def warp_image(
 
 def labels_on_grid(
     coords: np.ndarray, coarse_affine: np.ndarray, shape: tuple, affine: np.ndarray, template,
-    outside_head: np.ndarray | None = None,
-) -> np.ndarray:
-    """Refacing labels on an image grid, protected region included.
+) -> tuple[np.ndarray, np.ndarray]:
+    """Refacing labels on an image grid, and the distance to the template's brain there.
 
     The template's labels are looked up at each voxel's template position, found by
     trilinear interpolation of the registration's template coordinates on the working
@@ -63,22 +62,18 @@ def labels_on_grid(
     affine : (4, 4) ndarray
         The image grid's voxel-to-world affine.
     template : refacebids.templates.Template
-    outside_head : (I, J, K) bool ndarray, optional
-        Air beyond the image's own skin. The outer part of the margin (beyond
-        ``MIN_MARGIN_MM`` from the brain) does not protect it: where the forehead is
-        thinner than the margin, protected air in front of the skin would keep a dark
-        cleft between the old skin and the new face, through which the old one shows.
 
     Returns
     -------
-    (I, J, K) uint8 ndarray
-        0 untouched, 1-6 refacing labels, ``PROTECTED`` brain plus margin.
+    labels : (I, J, K) uint8 ndarray
+        0 untouched, 1-6 refacing labels (the protected region is ``protect``'s).
+    brain_distance : (I, J, K) float32 ndarray
+        Distance (template mm) to the template's brain.
     """
     dseg, dseg_affine = _template_labels(str(template.dseg))
     index = world_to_voxel(coords, dseg_affine)
     labels = nearest_labels([upsample(index[..., axis], coarse_affine, shape, affine) for axis in range(3)], dseg)
-    distance = upsample(brain_distance_at(coords, template), coarse_affine, shape, affine)
-    return _protect(labels, distance, outside_head)
+    return labels, upsample(brain_distance_at(coords, template), coarse_affine, shape, affine)
 
 
 def coarse_labels(coords: np.ndarray, template) -> np.ndarray:
@@ -86,13 +81,21 @@ def coarse_labels(coords: np.ndarray, template) -> np.ndarray:
     dseg, dseg_affine = _template_labels(str(template.dseg))
     index = world_to_voxel(coords, dseg_affine)
     labels = nearest_labels([index[..., axis] for axis in range(3)], dseg)
-    return _protect(labels, brain_distance_at(coords, template))
+    return protect(labels, brain_distance_at(coords, template))
 
 
-def _protect(labels: np.ndarray, distance: np.ndarray, outside_head: np.ndarray | None = None) -> np.ndarray:
-    protected = distance <= PROTECT_MARGIN_MM
+def protect(labels: np.ndarray, brain_distance: np.ndarray, outside_head: np.ndarray | None = None) -> np.ndarray:
+    """``labels`` (I, J, K) with the protected region: the brain plus ``PROTECT_MARGIN_MM``.
+
+    ``brain_distance`` (I, J, K) is the distance to the template's brain. Air beyond the
+    image's own skin (``outside_head``, (I, J, K) bool) is protected only within
+    ``MIN_MARGIN_MM``: where the forehead is thinner than the margin, protected air in
+    front of the skin would keep a dark cleft between the old skin and the new face,
+    through which the old one shows. The protected region overrides every other label.
+    """
+    protected = brain_distance <= PROTECT_MARGIN_MM
     if outside_head is not None:
-        protected &= ~(outside_head & (distance > MIN_MARGIN_MM))
+        protected &= ~(outside_head & (brain_distance > MIN_MARGIN_MM))
     labels[protected] = PROTECTED
     return labels
 

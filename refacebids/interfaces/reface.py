@@ -126,6 +126,7 @@ class WarpLabels(SimpleInterface):
             runtime.cwd,
             modality=self.inputs.modality,
             frame_durations=self.inputs.frame_durations or None,
+            threads=self.inputs.num_threads,
         )
         self._results.update(labels_file=masks.labels, coords_file=masks.coords, skin_file=masks.skin,
                              placement_file=masks.placement)
@@ -143,6 +144,7 @@ class _ReplaceInputSpec(BaseInterfaceInputSpec):
     placement_file = File(exists=True, mandatory=True)
     registration = File(exists=True, mandatory=True)
     seed = traits.Int(42, usedefault=True)
+    num_threads = traits.Int(1, usedefault=True, nohash=True, desc="threads of the numeric steps")
 
 
 class _ReplaceOutputSpec(TraitedSpec):
@@ -168,6 +170,7 @@ class ReplaceFace(SimpleInterface):
             seed=self.inputs.seed,
             modality=self.inputs.modality,
             frame_durations=self.inputs.frame_durations or None,
+            threads=self.inputs.num_threads,
         )
         with open(self.inputs.registration) as handle:
             registration = json.load(handle)

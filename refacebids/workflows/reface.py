@@ -99,10 +99,10 @@ def init_reface_wf(
         mem_gb=mem_gb,
     )
     by_modality = dict(modality=modality, frame_durations=list(frame_durations or []))
-    mask = pe.Node(WarpLabels(template=str(template.path), **by_modality), name="mask",
-                   n_procs=omp_nthreads, mem_gb=mem_gb)
-    replace = pe.Node(ReplaceFace(template=str(template.path), **by_modality), name="replace",
-                      mem_gb=mem_gb)
+    mask = pe.Node(WarpLabels(template=str(template.path), num_threads=omp_nthreads, **by_modality),
+                   name="mask", n_procs=omp_nthreads, mem_gb=mem_gb)
+    replace = pe.Node(ReplaceFace(template=str(template.path), num_threads=omp_nthreads, **by_modality),
+                      name="replace", n_procs=omp_nthreads, mem_gb=mem_gb)
     report = pe.Node(FaceReportlets(), name="report", mem_gb=mem_gb)
 
     workflow.connect([
