@@ -2,19 +2,23 @@
 
 from __future__ import annotations
 
+import tempfile
+from pathlib import Path
+
 import nibabel as nib
 import numpy as np
 import pytest
 
 from scipy import ndimage as ndi
 
-from refacebids.core.geometry import bounding_box, distance_mm
+from refacebids.core.geometry import apply_affine_float32, bounding_box, distance_mm, other_grid_index, to_ants
 from refacebids.core.intensity import SKIN_PROFILE_MM, fit_skin_profile, skin_profile_weight, typical_level
 from refacebids.core.noise import NoiseModel, add_noise, feather, local_noise_sd, soften_structure
 from refacebids.core import warp
 from refacebids.core.replace import BLEND_MM, RAISE_FADE_MM, edge_weight, field_of_view_depth, signed_skin_distance
 from refacebids.templates import load_template
 from refacebids.core.surface import _fill_holes_every_axis, head_mask
+from refacebids.utils.threads import in_parallel
 
 ZOOMS = (1.0, 1.0, 1.0)
 
@@ -212,3 +216,68 @@ def test_holes_are_filled_slice_by_slice_as_a_2d_flood_fill_fills_them():
     tube[2:7, 2:7, :] = True
     tube[3:6, 3:6, :] = False
     assert _fill_holes_every_axis(tube)[3:6, 3:6, :].all()
+
+
+def test_upsampling_a_working_grid_is_trilinear_interpolation_at_the_image_voxels():
+    rng = np.random.default_rng(13)
+    for zooms in [(1.0, 1.0, 1.0), (1.6, 0.9, 2.4)]:
+        shape = (23, 31, 17)
+        affine = nib.affines.from_matvec(np.diag(zooms) @ np.diag([-1, 1, 1]), [40.0, -30.0, 12.0])
+        coarse_img, coarse_affine = warp.working_reference(shape, affine, 2.0)
+        coarse = rng.normal(size=coarse_img.shape).astype(np.float32)
+        voxels = np.indices(shape).reshape(3, -1).astype(float)
+        at = (np.linalg.inv(coarse_affine) @ affine @ np.vstack([voxels, np.ones(voxels.shape[1])]))[:3]
+        expected = ndi.map_coordinates(coarse, at, order=1, mode="nearest").reshape(shape)
+        np.testing.assert_allclose(warp.upsample(coarse, coarse_affine, shape, affine), expected, atol=1e-5)
+    rotated = nib.affines.from_matvec(nib.eulerangles.euler2mat(0.3) * 2.0, [0.0, 0.0, 0.0])
+    with pytest.raises(ValueError, match="axes"):
+        warp.upsample(coarse, rotated, shape, affine)
+
+
+def test_labels_read_off_the_working_grid_are_those_the_transform_carries():
+    """The labels of a 1 mm grid looked up through trilinearly interpolated template
+    coordinates of its 2 mm working grid are the labels ANTs resamples through the
+    transform itself (nearest neighbour), but for rounding ties."""
+    import ants
+
+    template = load_template()
+    dseg_img = nib.load(template.dseg)
+    shape = (120, 150, 140)
+    affine = nib.affines.from_matvec(np.eye(3), [-60.0, -60.0, -100.0])
+    transform = ants.create_ants_transform(transform_type="AffineTransform", dimension=3)
+    matrix = nib.eulerangles.euler2mat(0.08, -0.05, 0.1) * 1.04
+    transform.set_parameters(np.r_[matrix.ravel(), [3.0, -6.0, 8.0]])
+    composite = str(Path(tempfile.mkdtemp()) / "tpl2img.mat")
+    ants.write_transform(transform, composite)
+    coarse, coarse_affine = warp.working_reference(shape, affine, 2.0)
+    coords = warp.template_coordinates(coarse, template, composite)
+    labels, _ = warp.labels_on_grid(coords, coarse_affine, shape, affine, template)
+    reference = to_ants(np.zeros(shape, np.float32), affine)
+    resampled = ants.apply_transforms(reference, ants.image_read(str(dseg_img.get_filename())), [composite],
+                                      interpolator="nearestNeighbor").numpy()
+    labelled = (labels > 0) | (resampled > 0)
+    assert np.count_nonzero(warp.is_label(labels, warp.TISSUE_LABELS)) > 100_000
+    assert np.mean(labels[labelled] == resampled[labelled]) > 0.999
+
+
+def test_independent_parts_run_on_the_threads_given_and_return_in_order():
+    import threading
+
+    def where():
+        return threading.get_ident()
+
+    assert set(in_parallel(1, where, where, where)) == {threading.get_ident()}
+    assert threading.get_ident() not in in_parallel(2, where, where)
+    assert in_parallel(2, lambda: 1, lambda: 2, lambda: 3) == (1, 2, 3)
+
+
+def test_float32_affine_is_the_matrix_product():
+    rng = np.random.default_rng(14)
+    matrix = np.eye(4)
+    matrix[:3] = rng.normal(size=(3, 4))
+    points = rng.normal(size=(1000, 3)).astype(np.float32) * 100
+    np.testing.assert_allclose(apply_affine_float32(matrix, points), points @ matrix[:3, :3].T + matrix[:3, 3],
+                               rtol=1e-5, atol=1e-3)
+    indices = np.nonzero(rng.random((6, 7, 8)) > 0.5)
+    np.testing.assert_allclose(other_grid_index(indices, matrix),
+                               (np.stack(indices, axis=1) @ matrix[:3, :3].T + matrix[:3, 3]).T, atol=1e-4)
