@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import tempfile
 from pathlib import Path
 
@@ -281,3 +282,10 @@ def test_float32_affine_is_the_matrix_product():
     indices = np.nonzero(rng.random((6, 7, 8)) > 0.5)
     np.testing.assert_allclose(other_grid_index(indices, matrix),
                                (np.stack(indices, axis=1) @ matrix[:3, :3].T + matrix[:3, 3]).T, atol=1e-4)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
+def test_freed_arrays_stay_in_the_process_on_glibc():
+    from refacebids.utils.memory import reuse_freed_memory
+
+    assert reuse_freed_memory()

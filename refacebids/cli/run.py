@@ -23,6 +23,7 @@ os.environ.setdefault("NIPYPE_NO_ET", "1")
 os.environ.setdefault("TEMPLATEFLOW_AUTOUPDATE", "0")
 os.environ.setdefault("TEMPLATEFLOW_USE_DATALAD", "0")
 
+from ..utils.memory import reuse_freed_memory  # noqa: E402
 from ..utils.threads import use_itk_threads  # noqa: E402
 from .execution import describe, execution_from_options, prepare_batch_jobs  # noqa: E402
 from ..utils.atomic import remove_stale_temporaries  # noqa: E402
@@ -51,6 +52,7 @@ def main(argv=None) -> int:
         parser.error("--audit runs at the group level, after the participant level")
     # Before anything imports antspyx: this process and the workers forked from it.
     use_itk_threads(opts.omp_nthreads)
+    reuse_freed_memory()
 
     with _stderr_for_errors_only() as errors:
         _setup_logging()

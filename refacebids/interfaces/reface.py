@@ -15,7 +15,15 @@ from nipype.interfaces.base import (
 
 from .. import engine
 from ..templates import load_template
+from ..utils.memory import reuse_freed_memory
 from ..utils.threads import use_itk_threads
+
+
+def _set_up_node_process(threads: int) -> None:
+    """A node may run in a process of its own (a batch job): threads and memory reuse
+    as the command sets them for its own and its forked workers."""
+    use_itk_threads(threads)
+    reuse_freed_memory()
 
 
 class _RegisterInputSpec(BaseInterfaceInputSpec):
@@ -39,7 +47,7 @@ class RegisterTemplate(SimpleInterface):
     output_spec = _RegisterOutputSpec
 
     def _run_interface(self, runtime):
-        use_itk_threads(self.inputs.num_threads)
+        _set_up_node_process(self.inputs.num_threads)
         record = self._register(runtime.cwd)
         if not record["ok"]:
             raise engine.RegistrationFailed(
@@ -118,7 +126,7 @@ class WarpLabels(SimpleInterface):
     output_spec = _MasksOutputSpec
 
     def _run_interface(self, runtime):
-        use_itk_threads(self.inputs.num_threads)
+        _set_up_node_process(self.inputs.num_threads)
         masks = engine.compute_masks(
             self.inputs.in_file,
             load_template(self.inputs.template),
@@ -160,6 +168,7 @@ class ReplaceFace(SimpleInterface):
     output_spec = _ReplaceOutputSpec
 
     def _run_interface(self, runtime):
+        _set_up_node_process(self.inputs.num_threads)
         template = load_template(self.inputs.template)
         out_file, mask_file, metrics = engine.replace_face(
             self.inputs.in_file,

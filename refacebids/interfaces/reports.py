@@ -17,6 +17,7 @@ from nipype.interfaces.base import (
 from ..core.image import load_head_image
 from ..core.warp import PROTECTED
 from ..reports.reportlets import renders_before_after, slices_before_after
+from ..utils.memory import reuse_freed_memory
 
 
 class _ReportletsInputSpec(BaseInterfaceInputSpec):
@@ -37,6 +38,7 @@ class FaceReportlets(SimpleInterface):
     output_spec = _ReportletsOutputSpec
 
     def _run_interface(self, runtime):
+        reuse_freed_memory()
         before = load_head_image(self.inputs.in_file)
         after = load_head_image(self.inputs.out_file)
         replaced = np.asanyarray(nib.load(self.inputs.mask_file).dataobj) > 0
