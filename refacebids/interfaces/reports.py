@@ -12,12 +12,14 @@ from nipype.interfaces.base import (
     InputMultiObject,
     SimpleInterface,
     TraitedSpec,
+    traits,
 )
 
 from ..core.image import load_head_image
 from ..core.warp import PROTECTED
 from ..reports.reportlets import renders_before_after, slices_before_after
 from ..utils.memory import reuse_freed_memory
+from ..utils.threads import in_parallel
 
 
 class _ReportletsInputSpec(BaseInterfaceInputSpec):
@@ -25,6 +27,7 @@ class _ReportletsInputSpec(BaseInterfaceInputSpec):
     out_file = File(exists=True, mandatory=True, desc="refaced image")
     mask_file = File(exists=True, mandatory=True, desc="replaced voxels")
     labels_file = File(exists=True, mandatory=True, desc="labels with the protected region")
+    num_threads = traits.Int(1, usedefault=True, nohash=True, desc="slices and renders at once")
 
 
 class _ReportletsOutputSpec(TraitedSpec):
@@ -47,9 +50,12 @@ class FaceReportlets(SimpleInterface):
         slices = os.path.join(runtime.cwd, "slices.png")
         renders = os.path.join(runtime.cwd, "renders.png")
         before_values, after_values = before.reference(), after.reference()
-        slices_before_after(
-            before_values, after_values, before.affine, replaced, protected, slices, labels=labels,
+        in_parallel(
+            self.inputs.num_threads,
+            lambda: slices_before_after(
+                before_values, after_values, before.affine, replaced, protected, slices, labels=labels,
+            ),
+            lambda: renders_before_after(before_values, after_values, before.affine, renders),
         )
-        renders_before_after(before_values, after_values, before.affine, renders)
         self._results["reportlets"] = [slices, renders]
         return runtime

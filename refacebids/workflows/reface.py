@@ -103,7 +103,8 @@ def init_reface_wf(
                    name="mask", n_procs=omp_nthreads, mem_gb=mem_gb)
     replace = pe.Node(ReplaceFace(template=str(template.path), num_threads=omp_nthreads, **by_modality),
                       name="replace", n_procs=omp_nthreads, mem_gb=mem_gb)
-    report = pe.Node(FaceReportlets(), name="report", mem_gb=mem_gb)
+    report = pe.Node(FaceReportlets(num_threads=omp_nthreads), name="report", n_procs=omp_nthreads,
+                     mem_gb=mem_gb)
 
     workflow.connect([
         (inputnode, register, [("in_file", "in_file")] + ([
