@@ -28,8 +28,8 @@ WORKING_RESOLUTION_MM = 2.0
 SYN_ITERATIONS = (40, 10, 0)
 # A registration is reported as failed, not used, unless its scalp overlap beats that
 # of the same template moved 8 mm along any axis by this factor: correct registrations
-# reached 1.36-1.79 on real and simulated heads of every contrast (T1w, T2w, PD, T2*,
-# FLAIR, PET, CT), the same template moved 15 mm and turned 10 degrees 0.44-0.88.
+# reached 1.37-1.95 on real and simulated heads of every contrast (T1w, T2w, PD, T2*,
+# FLAIR, PET, CT), the same template moved 15 mm and turned 10 degrees 0.43-0.88.
 MIN_PEAK_RATIO = 1.15
 CRANIUM_MM = 25.0
 SHELL_MM = 8.0
@@ -38,7 +38,7 @@ PROBE_MM = 8.0
 JOIN_MM = 8.0
 # How deep under the skin the image's outermost bright layer may lie: 0 where the skin
 # shows (T1w, CT), ~4 mm where the skin and muscle above the scalp's fat are as dark as
-# the air (FLAIR: a median 4.1 mm on the simulated FLAIR of the Philips head, at 1 mm).
+# the air (FLAIR: a median 4.6 mm on the simulated FLAIR of the Philips head, at 1 mm).
 DARK_SKIN_MM = (0.0, 2.0, 4.0)
 
 
