@@ -29,7 +29,8 @@ SYN_ITERATIONS = (40, 10, 0)
 # A registration is reported as failed, not used, unless its scalp overlap beats that
 # of the same template moved 8 mm along any axis by this factor: correct registrations
 # reached 1.37-1.95 on real and simulated heads of every contrast (T1w, T2w, PD, T2*,
-# FLAIR, PET, CT), the same template moved 15 mm and turned 10 degrees 0.43-0.88.
+# FLAIR, PET, CT), the same template moved 15 mm and turned 10 degrees 0.43-0.88 (a CT
+# whose cranium is out of view, refused at 1.02: up to 1.00).
 MIN_PEAK_RATIO = 1.15
 CRANIUM_MM = 25.0
 SHELL_MM = 8.0
