@@ -19,21 +19,34 @@ Tissue classes (:func:`tissue_classes`)
     skull stops it), closed and hole-filled (so the ventricles are inside).  A bias field (white-matter intensity smoothed over 20 mm by
     normalised convolution) is divided out, then a k-means on the brain gives CSF, GM and WM
     levels; brain voxels are CSF below 35 % of the way from the CSF to the GM level, WM above
-    the GM–WM midpoint, GM between.  Outside the brain: fat above the GM–WM midpoint; "dark"
-    below 25 % of the way from CSF to GM (T1w muscle is darker than GM); dark voxels within
-    3 mm of the brain (extra-axial CSF) or in thick non-air-dark blobs (surviving a 5 mm-ball
-    opening: the eyeballs, ~24 mm across) are class 4, the rest (skull, sinus and ear-canal
-    air) class 3; everything else in the head is soft tissue.  Morphology runs on a grid of
-    at most 2 mm voxels (fast on 0.5–1 mm heads).  No random numbers are used, so this
+    the GM–WM midpoint, GM between.  Outside the brain a second k-means, on the head's own
+    non-brain voxels, gives dark (bone, air, fluid), soft-tissue and fat levels, cut at the
+    midpoints: fat above the soft–fat midpoint, "dark" below the dark–soft midpoint.  (Cuts
+    taken from the brain's levels, as before, put the skin and most facial muscle in the
+    dark class: the brain's CSF centre sits at half the WM level, lifted by partial volume,
+    above a T1w's skin and facial muscle; on the Philips head 55 % of the head's second
+    millimetre was "bone", 28 % now, the rest of it the skin's partial volume with the air.)
+    Dark voxels within 3 mm of the brain (extra-axial CSF) or in thick non-air-dark blobs
+    (surviving a 5 mm-ball opening: the eyeballs, ~24 mm across) are class 4, the rest
+    (skull, sinus and ear-canal air) class 3; everything else in the head is soft tissue.
+    Morphology runs on a grid of at most 2 mm voxels (fast on 0.5–1 mm heads).  No random numbers are used, so this
     function takes no seed.
 
 Tissue parameters (:data:`TISSUE_MR`), 3 T
     Relative proton density, T1, T2 and T2* per class.  GM, WM, muscle (skin / soft tissue):
-    T1 and T2 from Stanisz et al., MRM 54:507 (2005) (WM 1084/69 ms, GM 1820/99 ms, muscle
-    1412/50 ms); CSF T1 4300 ms (Lu et al., MRM 53:808, 2005), T2 ~2000 ms; fat T1 380 ms,
-    T2 130 ms (Gold et al., AJR 183:343, 2004, subcutaneous fat).  T2* at 3 T: WM 45 ms, GM
-    60 ms (Peters et al., MRI 25:748, 2007), muscle 28 ms, fat 30 ms, CSF taken as 300 ms
-    (long; flow dephasing shortens it).  Proton densities: WM 0.69, GM 0.80, CSF 1.0,
+    T1 from Stanisz et al., MRM 54:507 (2005) (WM 1084 ms, GM 1820 ms, muscle 1412 ms), T2
+    of GM and WM from the same (99 and 69 ms).  Muscle T2 is an in vivo value, 34 ms: 34 ± 7 ms
+    in human muscle at 3 T over spin-echo, multi-echo, fast spin-echo, spiral and SPGR
+    measurements (Pai et al., MRI 26:1215, 2008; 27-45 ms by sequence, longer with the
+    echo-train length), 29 ms in paravertebral muscle (de Bazelaire et al., Radiology
+    230:652, 2004); Stanisz's 50 ms was measured in vitro, on mouse muscle.  Skin takes
+    the soft-tissue values: the dermis is hypointense on spin-echo images (Eur J Radiol
+    80:e176, 2011), and no in vivo 3 T dermis T2 was found.  CSF T1 4300 ms (Lu et al.,
+    MRM 53:808, 2005), T2 ~2000 ms; fat T1 380 ms, T2 130 ms (Gold et al., AJR 183:343,
+    2004, subcutaneous fat; de Bazelaire: T1 382 ms; fast spin-echo, like FLAIR's
+    readout, shows fat's longer T2 values, up to 143 ms in Pai et al.).  T2* at 3 T: WM
+    45 ms, GM 60 ms (Peters et al., MRI 25:748, 2007), muscle 28 ms, fat 30 ms, CSF taken
+    as 300 ms (long; flow dephasing shortens it).  Proton densities: WM 0.69, GM 0.80, CSF 1.0,
     muscle 0.75, fat 0.90 (relative to water); cortical bone 0.05 with T2* of 1 ms.
     Class 3 mixes cortical bone and air and is given the bone values; the eyes take CSF values.
 
@@ -47,7 +60,9 @@ MR acquisition and noise (:func:`simulate_flair`, :func:`simulate_t2star`)
 
     FLAIR (2D/3D TSE with inversion, TR 9000 ms, TI 2500 ms, TE 120 ms; TI nulls CSF at 3 T):
     S = PD |1 − 2 exp(−TI/T1) + exp(−TR/T1)| exp(−TE/T2).  Gives CSF ≈ 0, GM slightly above
-    WM, fat bright, muscle mid-dark.
+    WM, fat (and fatty marrow) bright: 3.0 times GM; muscle and skin 0.12 times GM.  With
+    the noise above (3 % of fat, the brightest tissue) muscle and skin are 1.4 σ, nearly as
+    dark as the air, like bone and CSF: the scalp's fat is the head's only bright layer.
 
     T2*-weighted spoiled GRE (TR 650 ms, TE 20 ms, flip 20°):
     S = PD sin α (1 − E1)/(1 − cos α E1) exp(−TE/T2*), E1 = exp(−TR/T1), so CSF > GM > WM.
@@ -101,7 +116,7 @@ CLASS_NAMES = ("air", "soft_tissue", "fat", "bone_air", "csf_eyes", "gm", "wm")
 # docstring).  Air has no protons.
 TISSUE_MR = {
     AIR: (0.0, 1000.0, 1.0, 1.0),
-    SOFT_TISSUE: (0.75, 1412.0, 50.0, 28.0),
+    SOFT_TISSUE: (0.75, 1412.0, 34.0, 28.0),
     FAT: (0.90, 380.0, 130.0, 30.0),
     BONE: (0.05, 1000.0, 1.0, 1.0),
     CSF: (1.0, 4300.0, 2000.0, 300.0),
@@ -278,12 +293,17 @@ def tissue_classes(t1w, zooms):
         _upsample(mask, image.shape, order=0) for mask in (head, brain, thick_fluid, near_brain))
     corrected = smooth / _upsample(bias.astype(np.float32), image.shape, order=1)
     csf_level, gm_level, wm_level = _kmeans_1d(corrected[brain], (dark_level, mid_level, bright_level))
-    # Muscle in a T1w is darker than GM, so "dark" stops a quarter of the way from CSF to GM.
-    dark = head & (corrected <= csf_level + 0.25 * (gm_level - csf_level))
+    # Outside the brain the head's own intensities cluster into dark (bone, air, fluid),
+    # soft tissue (skin, muscle) and fat; the brain's CSF centre is no guide there (partial
+    # volume lifts it to half the WM level, above a T1w's skin and facial muscle).
+    outside_brain = head & ~brain
+    bone_level, soft_level, fat_level = _kmeans_1d(
+        corrected[outside_brain], np.quantile(corrected[outside_brain], [1 / 6, 1 / 2, 5 / 6]))
+    dark = outside_brain & (corrected <= 0.5 * (bone_level + soft_level))
 
     labels = np.full(image.shape, AIR, dtype=np.int8)
     labels[head] = SOFT_TISSUE
-    labels[head & (corrected > 0.5 * (gm_level + wm_level))] = FAT
+    labels[outside_brain & (corrected > 0.5 * (soft_level + fat_level))] = FAT
     labels[dark] = BONE
     labels[dark & (thick_fluid | near_brain)] = CSF
     # The brain mask holds some dura and partial-volume CSF, which lifts the CSF centre: the

@@ -289,3 +289,21 @@ def test_freed_arrays_stay_in_the_process_on_glibc():
     from refacebids.utils.memory import reuse_freed_memory
 
     assert reuse_freed_memory()
+
+
+def test_joined_head_mask_encloses_dark_bone_under_a_patchy_fat_ring():
+    """A FLAIR-like head: bright brain, a dark moat (bone, CSF), a fat ring with gaps, dark skin."""
+    grid = np.indices((100, 100, 100), dtype=np.float32) - 49.5
+    radius = np.sqrt((grid**2).sum(axis=0))
+    bright = (radius < 30.0) | ((radius >= 38.0) & (radius < 41.0))
+    for axis in range(3):  # 10 mm gaps in the ring where each axis leaves the head
+        bright &= ~((np.abs(grid[axis]) > 30.0) & (np.delete(np.abs(grid), axis, axis=0).max(axis=0) < 5.0))
+    volume = np.where(bright, 500.0, 20.0).astype(np.float32)
+    unjoined = head_mask(volume, ZOOMS, threshold=150.0)
+    joined = head_mask(volume, ZOOMS, threshold=150.0, join_mm=8.0)
+    assert not unjoined[radius > 32.0].any()  # the brain alone: the ring was another component
+    inside_ring = radius < 40.0
+    assert joined[inside_ring].mean() > 0.99 and not joined[radius > 42.0].any()
+    # A convex head is its own closing.
+    ball = np.where(radius < 41.0, 500.0, 20.0).astype(np.float32)
+    assert np.array_equal(head_mask(ball, ZOOMS, threshold=150.0, join_mm=8.0), head_mask(ball, ZOOMS, threshold=150.0))

@@ -153,11 +153,11 @@ CT_CASES = [c for c, (_, modality, _) in CASES.items() if modality == "ct"]
 # Targets not reached yet, with the figure measured by this file's own code (2026-11-27).
 SHORT_OF_TARGET = {
     "test_registration_accepted": {
-        "vtk_CT_headsq": "scalp-overlap peak ratio 0.84 < 1.15: the cranium above the orbits is "
+        "vtk_CT_headsq": "scalp-overlap peak ratio 1.02 < 1.15: the cranium above the orbits is "
                          "outside the field of view; the app refuses this image",
     },
     "test_face_surface_moved": {
-        "vtk_CT_headsq": "84.7% moved (face cut by the field of view, 87% of it inside)",
+        "vtk_CT_headsq": "85.3% moved (face cut by the field of view, 92% of it inside)",
     },
 }
 

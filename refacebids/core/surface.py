@@ -71,17 +71,34 @@ def _fill_holes_every_axis(mask: np.ndarray) -> np.ndarray:
     return mask
 
 
-def head_mask(volume: np.ndarray, zooms, threshold: float | None = None) -> np.ndarray:
+def _closing(mask: np.ndarray, zooms, radius_mm: float) -> np.ndarray:
+    """(I, J, K) morphological closing of ``mask`` by a ball of ``radius_mm``: what a ball
+    rolled over the mask from outside cannot reach (gaps narrower than its diameter)."""
+    pad = int(np.ceil(radius_mm / np.min(zooms))) + 1  # the grid's edge is no wall for the ball
+    grown = distance_mm(~np.pad(mask, pad), zooms) <= radius_mm
+    closed = distance_mm(grown, zooms) > radius_mm
+    return closed[pad:-pad, pad:-pad, pad:-pad]
+
+
+def head_mask(
+    volume: np.ndarray, zooms, threshold: float | None = None, *, join_mm: float = 0.0
+) -> np.ndarray:
     """Solid head (skin and everything it encloses) of an (I, J, K) volume.
 
     Sinuses, mouth and ear canals are filled: the mask's surface is the skin a 3D
-    rendering shows.
+    rendering shows. With ``join_mm``, layers above the threshold that are less than
+    twice that apart are joined first (a morphological closing): in a FLAIR image the
+    scalp's fat and the brain are bright while skin, muscle, bone and CSF are as dark as
+    the air, and unjoined, the fat's patchy ring does not enclose the dark bone and CSF
+    beneath it, and the brain alone is the largest component.
     """
     zooms = np.asarray(zooms, float)
     smoothed = ndi.gaussian_filter(volume.astype(np.float32), 1.0 / zooms)
     if threshold is None:
         threshold = skin_threshold(smoothed)
     mask = smoothed > threshold
+    if join_mm > 0:
+        mask = _closing(mask, zooms, join_mm)
     labelled, count = ndi.label(mask)
     if count == 0:
         return mask

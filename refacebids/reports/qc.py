@@ -23,7 +23,7 @@ from ..utils.provenance import PROVENANCE_KEY
 
 # The registration check refuses a fit whose scalp overlap beats that of the template
 # moved 8 mm by less than 1.15 (core.registration.MIN_PEAK_RATIO); correct fits reached
-# 1.7-1.9 on real and simulated heads. A fit that passed by a small margin, or whose
+# 1.37-1.95 on real and simulated heads. A fit that passed by a small margin, or whose
 # scalp overlap is low, deserves a look.
 SUSPECT_PEAK_RATIO = 1.5
 SUSPECT_HEAD_DICE = 0.8
