@@ -27,9 +27,9 @@ from .core.replace import (
     FOV_CLEARANCE_MM,
     JOIN_REACH_MM,
     RAISE_FADE_MM,
-    SKIN_OFFSET_MM,
     air_level,
     blended_coordinates,
+    clearing_skin_offset,
     edge_weight,
     field_of_view_depth,
     fit_head_affine,
@@ -38,7 +38,7 @@ from .core.replace import (
     seam_weights,
     wrap_signal,
 )
-from .core.surface import face_surface_moved, head_mask, skin_threshold
+from .core.surface import MOVED_MM, face_surface_moved, head_mask, skin_surface, skin_threshold
 
 MAX_TRAINING_SAMPLES = 400_000
 # The template's blurred skin reaches this deep (mm); above it, under the raised skin,
@@ -148,14 +148,16 @@ def replace_face(
     if not tissue_labels.any():
         raise ValueError("the face lies outside the image's field of view")
 
-    head_affine = head_placement(coords, coarse_labels, coarse_affine, tpl)
-    template_at_voxels, new_skin_distance, template_skin_distance = _replacement_samples(
-        replaced, head.affine, zooms, coords, coarse_labels, coarse_affine, head_affine, tpl
-    )
     # The image's own skin: how it looks outside the face, and where it was. In front of
     # it (air before) the new face is subcutaneous tissue, never template anatomy that a
     # head-affine placement may put there (a template brow in front of a flat forehead).
-    scalp, scalp_skin_distance, in_front_of_skin = _image_skin(reference, zooms, threshold, labels, replaced)
+    scalp, scalp_skin_distance, in_front_of_skin, face_skin = _image_skin(
+        reference, zooms, threshold, labels, replaced
+    )
+    head_affine = head_placement(coords, coarse_labels, coarse_affine, tpl)
+    template_at_voxels, new_skin_distance, template_skin_distance, skin_offset = _replacement_samples(
+        replaced, face_skin, head.affine, zooms, coords, coarse_labels, coarse_affine, head_affine, tpl
+    )
     padding = (template_skin_distance > -SKIN_DEPTH_MM) | in_front_of_skin
 
     # Where template and image tissue correspond: outside the face, brain and wrap band.
@@ -203,18 +205,21 @@ def replace_face(
     metrics["noise"] = noise_models
     metrics["warnings"] = quality_warnings(metrics) + header_warnings(head)
     metrics["head_affine_determinant"] = float(np.linalg.det(head_affine[:3, :3]))
+    metrics["skin_offset_mm"] = skin_offset
     return str(out_file), str(mask_file), metrics
 
 
 def _replacement_samples(
-    replaced, image_affine, zooms, coords, coarse_labels, coarse_affine, head_affine, tpl: "TemplateData"
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    replaced, face_skin, image_affine, zooms, coords, coarse_labels, coarse_affine, head_affine,
+    tpl: "TemplateData",
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
     """Where in the template each replaced voxel is drawn from, and what it finds there.
 
     The head affine places the template inside the replaced region, the registration
     at its edges. ``replaced`` (I, J, K) bool marks the N replaced voxels of the image
-    grid with ``image_affine``; ``coords`` (i, j, k, 3) and ``coarse_labels`` (i, j, k)
-    are the registration's template coordinates and labels on the working grid.
+    grid with ``image_affine``, ``face_skin`` (N,) bool those on the subject's face skin;
+    ``coords`` (i, j, k, 3) and ``coarse_labels`` (i, j, k) are the registration's
+    template coordinates and labels on the working grid.
 
     Returns
     -------
@@ -224,6 +229,8 @@ def _replacement_samples(
         Signed distance (image mm, negative inside) to the raised new skin.
     template_skin_distance : (N,) float32
         Signed distance (template mm) to the template's own skin.
+    skin_offset : float
+        Raise of the new skin in the face (template mm), see ``clearing_skin_offset``.
     """
     registered_skin_distance = sample_at(
         tpl.signed_distance, tpl.affine, coords.reshape(-1, 3), 1e3
@@ -244,27 +251,36 @@ def _replacement_samples(
         axis=1,
     )
     scale = np.cbrt(abs(np.linalg.det(head_affine[:3, :3])))  # template mm per image mm
-    offset = SKIN_OFFSET_MM * (1.0 - ndi.map_coordinates(unraised, coarse_ijk, order=1, mode="nearest"))
+    raise_weight = 1.0 - ndi.map_coordinates(unraised, coarse_ijk, order=1, mode="nearest")
     # Raised within the field of view only: a face pushed through its edge would be cut
     # flat there, where the subject's own nose or chin was cut, and give the cut back.
-    offset = np.minimum(offset, (field_of_view_depth(replaced_idx, replaced.shape, zooms) - FOV_CLEARANCE_MM) * scale)
+    raise_cap = (field_of_view_depth(replaced_idx, replaced.shape, zooms) - FOV_CLEARANCE_MM) * scale
     # The template's anatomy stays where the placement puts it; only its skin is raised.
     template_skin_distance = sample_at(tpl.signed_distance, tpl.affine, sample_points, 1e3)
+    skin_offset = clearing_skin_offset(
+        template_skin_distance[face_skin], raise_weight[face_skin], raise_cap[face_skin], MOVED_MM * scale
+    )
+    offset = np.minimum(skin_offset * raise_weight, raise_cap)
     new_skin_distance = (template_skin_distance - offset) / scale
     template_at_voxels = sample_at(tpl.t1w, tpl.affine, sample_points, tpl.air)
-    return template_at_voxels, new_skin_distance, template_skin_distance
+    return template_at_voxels, new_skin_distance, template_skin_distance, skin_offset
 
 
-def _image_skin(reference, zooms, threshold, labels, replaced) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The image's scalp near its skin outside the face, and the air in front of its skin.
+def _image_skin(
+    reference, zooms, threshold, labels, replaced
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The image's scalp near its skin outside the face, the air in front of its skin, its face skin.
 
     Returns ``scalp`` (I, J, K) bool (S voxels), their signed skin distances (S,) in mm,
-    and, for the N ``replaced`` voxels, (N,) bool: outside the image's own skin.
+    and, for the N ``replaced`` voxels, (N,) bool: outside the image's own skin, and
+    (N,) bool: on its skin in the face label.
     """
-    image_skin_distance = signed_skin_distance(head_mask(reference, zooms, threshold), zooms)
+    head = head_mask(reference, zooms, threshold)
+    image_skin_distance = signed_skin_distance(head, zooms)
     low, high = SKIN_PROFILE_MM
     scalp = (labels == 0) & (image_skin_distance >= low) & (image_skin_distance < high)
-    return scalp, image_skin_distance[scalp], image_skin_distance[replaced] > 0
+    face_skin = skin_surface(head)[replaced] & (labels[replaced] == warp.FACE)
+    return scalp, image_skin_distance[scalp], image_skin_distance[replaced] > 0, face_skin
 
 
 def head_placement(coords, coarse_labels, coarse_affine, tpl: "TemplateData") -> np.ndarray:
