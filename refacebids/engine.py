@@ -26,6 +26,7 @@ from .core.registration import MIN_PEAK_RATIO, WORKING_RESOLUTION_MM, register_t
 from .core.replace import (
     FOV_CLEARANCE_MM,
     JOIN_REACH_MM,
+    MAX_SKIN_OFFSET_MM,
     RAISE_FADE_MM,
     air_level,
     blended_coordinates,
@@ -233,7 +234,7 @@ def _replacement_samples(
         Raise of the new skin in the face (template mm), see ``clearing_skin_offset``.
     """
     registered_skin_distance = sample_at(
-        tpl.signed_distance, tpl.affine, coords.reshape(-1, 3), 1e3
+        tpl.signed_distance, tpl.signed_distance_affine, coords.reshape(-1, 3), 1e3
     ).reshape(coords.shape[:3])
     replaceable = np.isin(coarse_labels, warp.REPLACEABLE)
     joins = (coarse_labels == 0) & (np.abs(registered_skin_distance) <= JOIN_REACH_MM)
@@ -256,7 +257,7 @@ def _replacement_samples(
     # flat there, where the subject's own nose or chin was cut, and give the cut back.
     raise_cap = (field_of_view_depth(replaced_idx, replaced.shape, zooms) - FOV_CLEARANCE_MM) * scale
     # The template's anatomy stays where the placement puts it; only its skin is raised.
-    template_skin_distance = sample_at(tpl.signed_distance, tpl.affine, sample_points, 1e3)
+    template_skin_distance = sample_at(tpl.signed_distance, tpl.signed_distance_affine, sample_points, 1e3)
     skin_offset = clearing_skin_offset(
         template_skin_distance[face_skin], raise_weight[face_skin], raise_cap[face_skin], MOVED_MM * scale
     )
@@ -347,7 +348,8 @@ class TemplateData:
     affine: np.ndarray
     head_level: float
     air: float
-    signed_distance: np.ndarray
+    signed_distance: np.ndarray  # on the template's grid padded on every side
+    signed_distance_affine: np.ndarray
     face_mm3: float
     subcutaneous: float
 
@@ -370,7 +372,15 @@ def _template_data(template) -> TemplateData:
     outside_protected = distance_mm(~brain, zooms) > warp.PROTECT_MARGIN_MM
     facial = dseg_on_t1w.reshape(t1w.shape) == warp.FACE
     face = facial & (t1w > head_level) & outside_protected
-    signed = signed_skin_distance(head, zooms)
+    # The raised skin and the air profile in front of it reach beyond the template's grid
+    # (its nose tip lies 5 mm from the front of the grid, its sides 0.5-3 mm from the
+    # lateral faces), where a distance taken on the grid alone cut the new nose flat. Edge
+    # values carry the air on as air and the neck, cut by the grid, on as neck.
+    pad = int(np.ceil((MAX_SKIN_OFFSET_MM + SKIN_PROFILE_MM[1]) / min(zooms)))
+    signed_padded = signed_skin_distance(np.pad(head, pad, mode="edge"), zooms)
+    signed_affine = img.affine.copy()
+    signed_affine[:3, 3] -= img.affine[:3, :3] @ np.full(3, pad)
+    signed = signed_padded[pad:-pad, pad:-pad, pad:-pad]
     # What PET and CT draw under a raised skin: the template's tissue just beneath its own.
     subcutaneous = facial & (signed > -SKIN_DEPTH_MM - 2.0) & (signed <= -SKIN_DEPTH_MM)
     return TemplateData(
@@ -378,7 +388,8 @@ def _template_data(template) -> TemplateData:
         affine=img.affine,
         head_level=head_level,
         air=air_level(t1w),
-        signed_distance=signed,
+        signed_distance=signed_padded,
+        signed_distance_affine=signed_affine,
         face_mm3=float(face.sum() * np.prod(zooms)),
         subcutaneous=float(np.median(t1w[subcutaneous])),
     )
