@@ -164,8 +164,10 @@ def clearing_skin_offset(
     """
     candidates = np.arange(SKIN_OFFSET_MM, MAX_SKIN_OFFSET_MM + SKIN_OFFSET_STEP_MM / 2, SKIN_OFFSET_STEP_MM)
     full = raise_weight >= 1.0
-    raised = np.minimum(candidates[:, None], raise_cap[None, full])
-    coincident = np.count_nonzero(np.abs(protrusion[None, full] - raised) < clearance, axis=1)
+    skin, room = protrusion[full], raise_cap[full]
+    coincident = np.array([
+        np.count_nonzero(np.abs(skin - np.minimum(offset, room)) < clearance) for offset in candidates
+    ])
     acceptable = coincident <= coincident.min() + COINCIDENT_SKIN_TOLERANCE * len(protrusion)
     return float(candidates[np.argmax(acceptable)])
 
