@@ -151,14 +151,14 @@ CASES = {
 PET_CASES = [c for c, (_, modality, _) in CASES.items() if modality == "pet"]
 DYNAMIC_CASES = [c for c in PET_CASES if CASES[c][2] is not None]
 CT_CASES = [c for c, (_, modality, _) in CASES.items() if modality == "ct"]
-# Targets not reached yet, with the figure measured by this file's own code (2026-11-27).
+# Targets not reached yet, with the figure measured by this file's own code (2026-12-04).
 SHORT_OF_TARGET = {
     "test_registration_accepted": {
         "vtk_CT_headsq": "scalp-overlap peak ratio 0.84 < 1.15: the cranium above the orbits is "
                          "outside the field of view; the app refuses this image",
     },
     "test_face_surface_moved": {
-        "vtk_CT_headsq": "84.7% moved (face cut by the field of view, 87% of it inside)",
+        "vtk_CT_headsq": "86.1% moved (face cut by the field of view, 92% of it inside)",
     },
 }
 
