@@ -19,7 +19,7 @@ from scipy import ndimage as ndi
 
 from . import modalities
 from .core import warp
-from .core.geometry import distance_mm, other_grid_index, world_grid, world_to_voxel
+from .core.geometry import bounding_box, distance_mm, other_grid_index, world_grid
 from .core.image import header_warnings, scrubbed_header, to_raw, write_like
 from .core.intensity import SKIN_PROFILE_MM, distribution_distance
 from .core.noise import local_noise_sd
@@ -27,19 +27,21 @@ from .core.registration import WORKING_RESOLUTION_MM, register_template
 from .core.replace import (
     FOV_CLEARANCE_MM,
     JOIN_REACH_MM,
+    MAX_SKIN_OFFSET_MM,
     RAISE_FADE_MM,
-    SKIN_OFFSET_MM,
     air_level,
     blended_coordinates,
+    clearing_skin_offset,
     edge_weight,
     field_of_view_depth,
     fit_head_affine,
     sample_at,
     signed_skin_distance,
     seam_weights,
+    smooth_skin_distance,
     wrap_signal,
 )
-from .core.surface import face_surface_moved, head_mask, skin_threshold
+from .core.surface import MOVED_MM, face_surface_moved, head_mask, signed_depth, skin_surface, skin_threshold
 from .utils.threads import in_parallel
 
 MAX_TRAINING_SAMPLES = 400_000
@@ -88,7 +90,8 @@ class MaskFiles:
         (i, j, k, 4) float32 on the 2 mm working grid: template coordinates (mm) and
         the labels.
     skin : str
-        (I, J, K) float32 signed distance (mm) to the image's own skin, negative inside.
+        (I, J, K) float32 signed depth (mm) of the image's own head mask (its skin):
+        negative inside, positive outside, never 0 (see ``surface.signed_depth``).
     placement : str
         JSON: ``head_affine``, the (4, 4) image-world to template-world affine that
         places the replacement (:func:`head_placement`).
@@ -119,7 +122,7 @@ def compute_masks(
     def image_skin() -> np.ndarray:
         reference = head.reference()
         skin = head_mask(reference, head.zooms, modalities.skin_level(reference, modality))
-        nib.Nifti1Image(signed_skin_distance(skin, head.zooms), head.affine).to_filename(masks.skin)
+        nib.Nifti1Image(signed_depth(skin, head.zooms), head.affine).to_filename(masks.skin)
         return ~ndi.binary_dilation(skin)  # outside the head, one voxel clear of the skin's partial volume
 
     def template_labels() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -167,7 +170,7 @@ def replace_face(
     coords_img = nib.load(masks.coords)
     packed = np.asanyarray(coords_img.dataobj).astype(np.float32)
     coords, coarse_labels = packed[..., :3], np.rint(packed[..., 3]).astype(np.uint8)
-    skin_distance = np.asanyarray(nib.load(masks.skin).dataobj)
+    skin_depth = np.asanyarray(nib.load(masks.skin).dataobj)
     tpl = _template_data(template)
     tpl_head_level = tpl.head_level
     coarse_affine = coords_img.affine
@@ -201,14 +204,19 @@ def replace_face(
         air &= reference < threshold
         return tpl_registered, training, sample_at(tpl.t1w, tpl.affine, points, tpl.air), air
 
-    (template_at_voxels, new_skin_distance, template_skin_distance), \
-        (tpl_registered, training, template_at_training, air), seam = in_parallel(
+    def replacement():
+        face_skin = _face_skin(skin_depth < 0, labels, replaced)
+        return _replacement_samples(
+            replaced, face_skin, head.affine, zooms, coords, coarse_labels, coarse_affine, head_affine, tpl
+        )
+
+    (template_at_voxels, new_skin_distance, template_skin_distance, skin_offset), \
+        (tpl_registered, training, template_at_training, air), seam, skin_distance = in_parallel(
             threads,
-            lambda: _replacement_samples(
-                replaced, head.affine, zooms, coords, coarse_labels, coarse_affine, head_affine, tpl
-            ),
+            replacement,
             correspondence,
             lambda: seam_weights(replaced, zooms),
+            lambda: smooth_skin_distance(skin_depth),
         )
     # The image's own skin: how it looks outside the face, and where it was. In front of
     # it (air before) the new face is subcutaneous tissue, never template anatomy that a
@@ -252,6 +260,7 @@ def replace_face(
     metrics["noise"] = noise_models
     metrics["warnings"] = quality_warnings(metrics) + header_warnings(head)
     metrics["head_affine_determinant"] = float(np.linalg.det(head_affine[:3, :3]))
+    metrics["skin_offset_mm"] = skin_offset
     return str(out_file), str(mask_file), metrics
 
 
@@ -285,14 +294,16 @@ def _template_points(voxels, image_affine, coords, coarse_affine) -> np.ndarray:
 
 
 def _replacement_samples(
-    replaced, image_affine, zooms, coords, coarse_labels, coarse_affine, head_affine, tpl: "TemplateData"
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    replaced, face_skin, image_affine, zooms, coords, coarse_labels, coarse_affine, head_affine,
+    tpl: "TemplateData",
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
     """Where in the template each replaced voxel is drawn from, and what it finds there.
 
     The head affine places the template inside the replaced region, the registration
     at its edges. ``replaced`` (I, J, K) bool marks the N replaced voxels of the image
-    grid with ``image_affine``; ``coords`` (i, j, k, 3) and ``coarse_labels`` (i, j, k)
-    are the registration's template coordinates and labels on the working grid.
+    grid with ``image_affine``, ``face_skin`` (N,) bool those on the subject's face skin;
+    ``coords`` (i, j, k, 3) and ``coarse_labels`` (i, j, k) are the registration's
+    template coordinates and labels on the working grid.
 
     Returns
     -------
@@ -302,9 +313,11 @@ def _replacement_samples(
         Signed distance (image mm, negative inside) to the raised new skin.
     template_skin_distance : (N,) float32
         Signed distance (template mm) to the template's own skin.
+    skin_offset : float
+        Raise of the new skin in the face (template mm), see ``clearing_skin_offset``.
     """
     registered_skin_distance = sample_at(
-        tpl.signed_distance, tpl.affine, coords.reshape(-1, 3), 1e3
+        tpl.signed_distance, tpl.signed_distance_affine, coords.reshape(-1, 3), 1e3
     ).reshape(coords.shape[:3])
     replaceable = warp.is_label(coarse_labels, warp.REPLACEABLE)
     joins = (coarse_labels == 0) & (np.abs(registered_skin_distance) <= JOIN_REACH_MM)
@@ -317,16 +330,29 @@ def _replacement_samples(
     sample_points = _template_points(voxels, image_affine, blended, coarse_affine)
     coarse_ijk = other_grid_index(voxels, np.linalg.inv(coarse_affine) @ image_affine)
     scale = np.cbrt(abs(np.linalg.det(head_affine[:3, :3])))  # template mm per image mm
-    offset = SKIN_OFFSET_MM * (1.0 - ndi.map_coordinates(unraised, coarse_ijk, order=1, mode="nearest"))
+    raise_weight = 1.0 - ndi.map_coordinates(unraised, coarse_ijk, order=1, mode="nearest")
     # Raised within the field of view only: a face pushed through its edge would be cut
     # flat there, where the subject's own nose or chin was cut, and give the cut back.
-    offset = np.minimum(offset, (field_of_view_depth(voxels, replaced.shape, zooms) - FOV_CLEARANCE_MM) * scale)
+    raise_cap = (field_of_view_depth(voxels, replaced.shape, zooms) - FOV_CLEARANCE_MM) * scale
     # The template's anatomy stays where the placement puts it; only its skin is raised.
-    template_ijk = world_to_voxel(sample_points, tpl.affine).T
-    template_skin_distance = ndi.map_coordinates(tpl.signed_distance, template_ijk, order=1, cval=1e3)
+    template_skin_distance = sample_at(tpl.signed_distance, tpl.signed_distance_affine, sample_points, 1e3)
+    skin_offset = clearing_skin_offset(
+        template_skin_distance[face_skin], raise_weight[face_skin], raise_cap[face_skin], MOVED_MM * scale
+    )
+    offset = np.minimum(skin_offset * raise_weight, raise_cap)
     new_skin_distance = (template_skin_distance - offset) / scale
-    template_at_voxels = ndi.map_coordinates(tpl.t1w, template_ijk, order=1, cval=tpl.air)
-    return template_at_voxels, new_skin_distance, template_skin_distance
+    template_at_voxels = sample_at(tpl.t1w, tpl.affine, sample_points, tpl.air)
+    return template_at_voxels, new_skin_distance, template_skin_distance, skin_offset
+
+
+def _face_skin(head, labels, replaced) -> np.ndarray:
+    """(N,) bool: which of the N ``replaced`` voxels lie on the skin of the (I, J, K) ``head``
+    mask in the face label."""
+    face = labels == warp.FACE
+    box = bounding_box(face, margin=1)
+    on_skin = np.zeros(face.shape, bool)
+    on_skin[box] = skin_surface(head[box]) & face[box]
+    return on_skin[replaced]
 
 
 def head_placement(coords, coarse_labels, coarse_affine, tpl: "TemplateData") -> np.ndarray:
@@ -395,7 +421,8 @@ class TemplateData:
     affine: np.ndarray
     head_level: float
     air: float
-    signed_distance: np.ndarray
+    signed_distance: np.ndarray  # on the template's grid padded on every side
+    signed_distance_affine: np.ndarray
     face_mm3: float
     subcutaneous: float
 
@@ -418,7 +445,15 @@ def _template_data(template) -> TemplateData:
     outside_protected = distance_mm(~brain, zooms) > warp.PROTECT_MARGIN_MM
     facial = dseg_on_t1w.reshape(t1w.shape) == warp.FACE
     face = facial & (t1w > head_level) & outside_protected
-    signed = signed_skin_distance(head, zooms)
+    # The raised skin and the air profile in front of it reach beyond the template's grid
+    # (its nose tip lies 5 mm from the front of the grid, its sides 0.5-3 mm from the
+    # lateral faces), where a distance taken on the grid alone cut the new nose flat. Edge
+    # values carry the air on as air and the neck, cut by the grid, on as neck.
+    pad = int(np.ceil((MAX_SKIN_OFFSET_MM + SKIN_PROFILE_MM[1]) / min(zooms)))
+    signed_padded = signed_skin_distance(np.pad(head, pad, mode="edge"), zooms)
+    signed_affine = img.affine.copy()
+    signed_affine[:3, 3] -= img.affine[:3, :3] @ np.full(3, pad)
+    signed = signed_padded[pad:-pad, pad:-pad, pad:-pad]
     # What PET and CT draw under a raised skin: the template's tissue just beneath its own.
     subcutaneous = facial & (signed > -SKIN_DEPTH_MM - 2.0) & (signed <= -SKIN_DEPTH_MM)
     return TemplateData(
@@ -426,7 +461,8 @@ def _template_data(template) -> TemplateData:
         affine=img.affine,
         head_level=head_level,
         air=air_level(t1w),
-        signed_distance=signed,
+        signed_distance=signed_padded,
+        signed_distance_affine=signed_affine,
         face_mm3=float(face.sum() * np.prod(zooms)),
         subcutaneous=float(np.median(t1w[subcutaneous])),
     )

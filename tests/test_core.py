@@ -16,7 +16,10 @@ from refacebids.core.geometry import apply_affine_float32, bounding_box, distanc
 from refacebids.core.intensity import SKIN_PROFILE_MM, fit_skin_profile, skin_profile_weight, typical_level
 from refacebids.core.noise import NoiseModel, add_noise, feather, local_noise_sd, soften_structure
 from refacebids.core import warp
-from refacebids.core.replace import BLEND_MM, RAISE_FADE_MM, edge_weight, field_of_view_depth, signed_skin_distance
+from refacebids.core.replace import (
+    BLEND_MM, COINCIDENT_SKIN_TOLERANCE, RAISE_FADE_MM, SKIN_OFFSET_MM, clearing_skin_offset, edge_weight,
+    field_of_view_depth, signed_skin_distance,
+)
 from refacebids.templates import load_template
 from refacebids.core.surface import _fill_holes_every_axis, head_mask
 from refacebids.utils.threads import in_parallel
@@ -158,6 +161,29 @@ def test_field_of_view_depth_is_the_distance_to_the_nearest_face_of_the_grid():
     voxels = np.array([[0, 5, 5], [9, 5, 5], [4, 4, 4], [2, 7, 3]])
     depth = field_of_view_depth(tuple(voxels.T), (10, 10, 10), (1.0, 2.0, 0.5))
     np.testing.assert_allclose(depth, [0.0, 0.0, 2.0, 1.5])
+
+
+def test_the_raise_grows_only_until_the_new_skin_clears_the_subjects_face():
+    rng = np.random.default_rng(8)
+    cheeks = rng.uniform(-4.0, 5.0, 8_000)  # near the placed template's skin
+    brow = rng.uniform(8.0, 11.0, 2_000)  # stands out by about the raise
+    full, room = np.ones(10_000), np.full(10_000, 50.0)
+    clearance = 2.2
+
+    def coincident(protrusion, offset):
+        return np.mean(np.abs(protrusion - offset) < clearance)
+
+    assert clearing_skin_offset(cheeks, full[:8_000], room[:8_000], clearance) == SKIN_OFFSET_MM
+    face = np.concatenate([cheeks, brow])
+    offset = clearing_skin_offset(face, full, room, clearance)
+    assert coincident(face, SKIN_OFFSET_MM) > 0.1
+    assert coincident(face, offset) <= COINCIDENT_SKIN_TOLERANCE < coincident(face, offset - 0.5)
+    # Where the raise fades out (joins) or the field of view caps it, no raise clears the
+    # skin: that skin does not make the face any fuller.
+    assert clearing_skin_offset(face, np.where(face > 8.0, 0.2, 1.0), room, clearance) == SKIN_OFFSET_MM
+    assert clearing_skin_offset(face, full, np.where(face > 8.0, 9.0, 50.0), clearance) == SKIN_OFFSET_MM
+    # A nose standing out beyond the raised skin is moved as it is.
+    assert clearing_skin_offset(np.concatenate([cheeks, brow + 10.0]), full, room, clearance) == SKIN_OFFSET_MM
 
 
 def test_labels_placed_by_an_affine_alone_are_the_template_tissue_labels_moved_by_it():

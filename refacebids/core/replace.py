@@ -32,10 +32,17 @@ from .surface import signed_depth
 BLEND_MM = 4.0
 JOIN_REACH_MM = 10.0  # kept voxels this near the skin are where the new face joins the old
 # The average face lies within 2 mm of a real face over most of its surface, so the
-# replacement skin is raised by this much above the template's (a fuller average face,
-# the same for everyone: more subcutaneous tissue over the template's anatomy), fading
-# to 0 at the edges where it joins the subject's tissue.
+# replacement skin is raised by this much above the template's (a fuller average face:
+# more subcutaneous tissue over the template's anatomy), fading to 0 at the edges where
+# it joins the subject's tissue.
 SKIN_OFFSET_MM = 10.0
+# A face that stands out from the placed template by about the raise (a heavy brow ridge,
+# a long nose) meets the raised skin there and is not moved: the raise grows, in steps,
+# as long as a larger one would leave more than this share of the face's skin clear
+# (Trio's brow and nose stand out 8-11 mm: 10 % of its face skin met at 10 mm).
+COINCIDENT_SKIN_TOLERANCE = 0.01
+SKIN_OFFSET_STEP_MM = 0.5
+MAX_SKIN_OFFSET_MM = 20.0
 # The raise fades over a wider band than the placement blends: the raised face ramps down
 # to the kept skin (and to the ears, drawn unraised) instead of ending in a 4 mm step,
 # while the shape in the ramp stays the template's. The audit matched no more heads (1 of
@@ -122,6 +129,49 @@ def blended_coordinates(
     return blended.astype(np.float32)
 
 
+def clearing_skin_offset(
+    protrusion: np.ndarray, raise_weight: np.ndarray, raise_cap: np.ndarray, clearance: float
+) -> float:
+    """Raise of the new skin (template mm) that keeps it clear of the subject's face skin.
+
+    The smallest raise from ``SKIN_OFFSET_MM`` up to ``MAX_SKIN_OFFSET_MM`` (steps of
+    ``SKIN_OFFSET_STEP_MM``) whose new skin passes within ``clearance`` of at most
+    ``COINCIDENT_SKIN_TOLERANCE`` more of the face's skin than the best raise's does.
+    Counted where the raise applies in full: towards the joins it fades to nothing, and
+    the new skin meets the old there whatever the raise. One number for the whole face:
+    the new face's shape stays the template's wherever the subject's face lies.
+
+    Parameters
+    ----------
+    protrusion : (F,) ndarray
+        Signed distance (template mm, positive outside) from the placed template's skin
+        to each of the F skin voxels of the subject's face.
+    raise_weight : (F,) ndarray
+        Share of the raise applied at each (1 in the face, 0 where it joins the kept skin).
+    raise_cap : (F,) ndarray
+        Largest raise (template mm) the field of view leaves room for at each.
+    clearance : float
+        Template mm: skin nearer the new skin than this does not count as moved.
+
+    Returns
+    -------
+    float
+
+    Examples
+    --------
+    >>> clearing_skin_offset(np.array([2.0, 3.0, 9.5]), np.ones(3), np.full(3, 50.0), 2.0)
+    11.5
+    """
+    candidates = np.arange(SKIN_OFFSET_MM, MAX_SKIN_OFFSET_MM + SKIN_OFFSET_STEP_MM / 2, SKIN_OFFSET_STEP_MM)
+    full = raise_weight >= 1.0
+    skin, room = protrusion[full], raise_cap[full]
+    coincident = np.array([
+        np.count_nonzero(np.abs(skin - np.minimum(offset, room)) < clearance) for offset in candidates
+    ])
+    acceptable = coincident <= coincident.min() + COINCIDENT_SKIN_TOLERANCE * len(protrusion)
+    return float(candidates[np.argmax(acceptable)])
+
+
 def field_of_view_depth(indices, shape: tuple, zooms) -> np.ndarray:
     """(N,) distance in mm from voxels to the nearest edge of the grid.
 
@@ -143,8 +193,15 @@ def sample_at(
 
 def signed_skin_distance(head: np.ndarray, zooms) -> np.ndarray:
     """(I, J, K) signed distance to the skin in mm: negative inside the head, positive outside."""
-    # Smoothed by one voxel: the distance to a voxelised surface has terraces.
-    return ndi.gaussian_filter(signed_depth(head, np.asarray(zooms, float)), 1.0)
+    return smooth_skin_distance(signed_depth(head, np.asarray(zooms, float)))
+
+
+def smooth_skin_distance(depth: np.ndarray) -> np.ndarray:
+    """(I, J, K) signed skin distance from a head mask's (I, J, K) signed depth.
+
+    Smoothed by one voxel: the distance to a voxelised surface has terraces.
+    """
+    return ndi.gaussian_filter(depth, 1.0)
 
 
 def air_level(volume: np.ndarray) -> float:

@@ -12,7 +12,7 @@ import re
 
 from .. import __version__
 from ..core.registration import RIGID_RESOLUTION_MM, WORKING_RESOLUTION_MM
-from ..core.replace import SKIN_OFFSET_MM
+from ..core.replace import MAX_SKIN_OFFSET_MM, SKIN_OFFSET_MM
 from ..core.warp import PROTECT_MARGIN_MM
 
 #: The works the methods text cites, in the order of first citation.
@@ -95,7 +95,8 @@ template{origin}{checksum}, with \
 teeth and jaw labels, and the air in which wrapped face parts appear, were carried to the \
 image; an intracranial region grown by {PROTECT_MARGIN_MM:g} mm was protected and left \
 byte-identical. The template face, placed by the head's affine alignment and raised by \
-{SKIN_OFFSET_MM:g} mm of soft tissue, was drawn in the image's own contrast (a lookup \
+{SKIN_OFFSET_MM:g} mm of soft tissue (up to {MAX_SKIN_OFFSET_MM:g} mm where the subject's own face \
+stood out as far), was drawn in the image's own contrast (a lookup \
 table learned from the subject's tissue outside the face, and the subject's own skin \
 profile for the new skin) with noise matching the image's, and feathered into the \
 surrounding tissue. Every voxel outside the replaced \
