@@ -148,9 +148,8 @@ def test_slurm_jobs_ask_for_their_node_resources(tmp_path, monkeypatch):
     prepare_batch_jobs(workflow, load_plugin_file(settings), mem_gb=None)
     requests = _sbatch_args(workflow)
     peak_mb = round(image_peak_gb(REPO / "demo/ds-demo/sub-03/anat/sub-03_T1w.nii.gz") * 1024)
-    for threaded in ("register", "mask", "replace"):
+    for threaded in ("register", "mask", "replace", "report"):
         assert requests[threaded] == f"--cpus-per-task=2 --mem={peak_mb}M"
-    assert requests["report"] == f"--cpus-per-task=1 --mem={peak_mb}M"
     # Writers run inside the refacebids process, not as jobs.
     assert requests["ds_image"] is None and requests["start"] is None
     assert os.environ["LOGNAME"]  # nipype names the jobs after it
