@@ -19,7 +19,7 @@ from scipy import ndimage as ndi
 
 from . import modalities
 from .core import warp
-from .core.geometry import bounding_box, distance_mm, other_grid_index, world_grid
+from .core.geometry import bounding_box, distance_mm, other_grid_index, resample_aligned, working_reference, world_grid
 from .core.image import header_warnings, scrubbed_header, to_raw, write_like
 from .core.intensity import SKIN_PROFILE_MM, distribution_distance
 from .core.noise import local_noise_sd
@@ -126,7 +126,7 @@ def compute_masks(
         return ~ndi.binary_dilation(skin)  # outside the head, one voxel clear of the skin's partial volume
 
     def template_labels() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        coarse, coarse_affine = warp.working_reference(shape, head.affine, WORKING_RESOLUTION_MM)
+        coarse, coarse_affine = working_reference(shape, head.affine, WORKING_RESOLUTION_MM)
         coords = warp.template_coordinates(coarse, template, composite)
         coarse_labels = warp.coarse_labels(coords, template)
         placement = head_placement(coords, coarse_labels, coarse_affine, _template_data(template))
@@ -194,7 +194,7 @@ def replace_face(
         # The registered template on the image grid decides which voxels are which
         # tissue; its values where the contrast is learned are sampled exactly.
         tpl_coarse = sample_at(tpl.t1w, tpl.affine, coords.reshape(-1, 3), -1.0).reshape(coords.shape[:3])
-        tpl_registered = warp.upsample(tpl_coarse, coarse_affine, labels.shape, head.affine)
+        tpl_registered = resample_aligned(tpl_coarse, coarse_affine, labels.shape, head.affine)
         kept = (labels == 0) & (tpl_registered >= 0)
         training = kept & ((tpl_registered > 0.3 * tpl_head_level) | (reference > 0.5 * threshold))
         training |= kept & (rng.random(labels.shape) < 0.02)  # some air, for the dark end

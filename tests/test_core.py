@@ -12,7 +12,9 @@ import pytest
 
 from scipy import ndimage as ndi
 
-from refacebids.core.geometry import apply_affine_float32, bounding_box, distance_mm, other_grid_index, to_ants
+from refacebids.core.geometry import (
+    apply_affine_float32, bounding_box, distance_mm, other_grid_index, resample_aligned, to_ants, working_reference,
+)
 from refacebids.core.intensity import SKIN_PROFILE_MM, fit_skin_profile, skin_profile_weight, typical_level
 from refacebids.core.noise import NoiseModel, add_noise, feather, local_noise_sd, soften_structure
 from refacebids.core import warp
@@ -245,20 +247,41 @@ def test_holes_are_filled_slice_by_slice_as_a_2d_flood_fill_fills_them():
     assert _fill_holes_every_axis(tube)[3:6, 3:6, :].all()
 
 
-def test_upsampling_a_working_grid_is_trilinear_interpolation_at_the_image_voxels():
+def test_aligned_resampling_of_a_working_grid_is_trilinear_interpolation_at_the_image_voxels():
     rng = np.random.default_rng(13)
     for zooms in [(1.0, 1.0, 1.0), (1.6, 0.9, 2.4)]:
         shape = (23, 31, 17)
         affine = nib.affines.from_matvec(np.diag(zooms) @ np.diag([-1, 1, 1]), [40.0, -30.0, 12.0])
-        coarse_img, coarse_affine = warp.working_reference(shape, affine, 2.0)
+        coarse_img, coarse_affine = working_reference(shape, affine, 2.0)
         coarse = rng.normal(size=coarse_img.shape).astype(np.float32)
         voxels = np.indices(shape).reshape(3, -1).astype(float)
         at = (np.linalg.inv(coarse_affine) @ affine @ np.vstack([voxels, np.ones(voxels.shape[1])]))[:3]
         expected = ndi.map_coordinates(coarse, at, order=1, mode="nearest").reshape(shape)
-        np.testing.assert_allclose(warp.upsample(coarse, coarse_affine, shape, affine), expected, atol=1e-5)
+        np.testing.assert_allclose(resample_aligned(coarse, coarse_affine, shape, affine), expected, atol=1e-5)
     rotated = nib.affines.from_matvec(nib.eulerangles.euler2mat(0.3) * 2.0, [0.0, 0.0, 0.0])
     with pytest.raises(ValueError, match="axes"):
-        warp.upsample(coarse, rotated, shape, affine)
+        resample_aligned(coarse, rotated, shape, affine)
+
+
+def test_the_working_image_is_what_ants_resampling_gives():
+    """The registered image is resampled by numpy, not ITK: the same grid and values."""
+    import ants
+
+    from refacebids.core.registration import working_image
+
+    rng = np.random.default_rng(5)
+    for zooms in [(1.0, 1.0, 1.0), (0.9, 1.2, 3.0)]:
+        volume = rng.gamma(2.0, 100.0, size=(47, 38, 29)).astype(np.float32)
+        affine = nib.affines.from_matvec(nib.eulerangles.euler2mat(0.2, 0.1) @ np.diag(zooms), [30.0, -20.0, 5.0])
+        ours = working_image(volume, affine)
+        clipped = np.clip(volume, *np.percentile(volume, [0.0, 99.8]))
+        target = tuple(max(z, 2.0) for z in zooms)
+        theirs = ants.resample_image(to_ants(clipped, affine), target, use_voxels=False, interp_type=0)
+        assert ours.shape == theirs.shape
+        np.testing.assert_allclose(ours.spacing, theirs.spacing)
+        np.testing.assert_allclose(ours.origin, theirs.origin, atol=1e-5)
+        np.testing.assert_allclose(ours.direction, theirs.direction, atol=1e-6)
+        np.testing.assert_allclose(ours.numpy(), theirs.numpy(), rtol=1e-5, atol=1e-3)
 
 
 def test_labels_read_off_the_working_grid_are_those_the_transform_carries():
@@ -276,7 +299,7 @@ def test_labels_read_off_the_working_grid_are_those_the_transform_carries():
     transform.set_parameters(np.r_[matrix.ravel(), [3.0, -6.0, 8.0]])
     composite = str(Path(tempfile.mkdtemp()) / "tpl2img.mat")
     ants.write_transform(transform, composite)
-    coarse, coarse_affine = warp.working_reference(shape, affine, 2.0)
+    coarse, coarse_affine = working_reference(shape, affine, 2.0)
     coords = warp.template_coordinates(coarse, template, composite)
     labels, _ = warp.labels_on_grid(coords, coarse_affine, shape, affine, template)
     reference = to_ants(np.zeros(shape, np.float32), affine)

@@ -117,3 +117,51 @@ def distance_mm(mask: np.ndarray, zooms) -> np.ndarray:
     import edt
 
     return edt.edt(np.ascontiguousarray(mask, dtype=bool), anisotropy=tuple(float(z) for z in zooms), parallel=1)
+
+
+def resample_aligned(values: np.ndarray, values_affine: np.ndarray, shape: tuple, affine: np.ndarray) -> np.ndarray:
+    """(I, J, K) float32 trilinear interpolation of a grid's (i, j, k) ``values`` at the voxels
+    of another grid with the same axes (a working grid and its image, either way).
+
+    The interpolation is separable, one pass per axis, several times faster than
+    ITK's or scipy's; beyond the last voxel of ``values`` the nearest value holds.
+
+    Raises
+    ------
+    ValueError
+        When the grids' axes differ.
+    """
+    voxel_to_values = np.linalg.inv(values_affine) @ affine
+    scale = np.diag(voxel_to_values)[:3]
+    if not np.allclose(voxel_to_values[:3, :3], np.diag(scale), atol=1e-4):
+        raise ValueError("the two grids' axes differ")
+    values = np.asarray(values, np.float32)
+    for axis in range(3):
+        position = np.arange(shape[axis]) * scale[axis] + voxel_to_values[axis, 3]
+        low = np.clip(np.floor(position), 0, values.shape[axis] - 1).astype(np.intp)
+        high = np.minimum(low + 1, values.shape[axis] - 1)
+        weight = np.clip(position - low, 0.0, 1.0).astype(np.float32)
+        weight = weight.reshape([-1 if a == axis else 1 for a in range(3)])
+        lower = np.take(values, low, axis=axis)
+        lower += weight * (np.take(values, high, axis=axis) - lower)
+        values = lower
+    return values
+
+
+def working_reference(shape: tuple, affine: np.ndarray, resolution: float):
+    """An empty ANTs image covering the image's field of view at ``resolution`` mm.
+
+    The grid ``ants.resample_image`` would give (same origin and direction, its size
+    rule rounding half up), built without resampling a full-resolution image.
+    """
+    import ants
+
+    origin, spacing, direction = ants_geometry(affine)
+    coarse_spacing = tuple(float(max(s, resolution)) for s in spacing)
+    coarse_shape = tuple(
+        int(np.floor(n * s / c + 0.5)) for n, s, c in zip(shape[:3], spacing, coarse_spacing)
+    )
+    coarse = ants.from_numpy(
+        np.zeros(coarse_shape, np.float32), origin=origin, spacing=coarse_spacing, direction=direction
+    )
+    return coarse, ants_affine(coarse)

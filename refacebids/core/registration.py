@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from ..utils.threads import use_itk_threads
-from .geometry import distance_mm, to_ants
+from .geometry import ants_affine, distance_mm, resample_aligned, to_ants, working_reference
 from .surface import head_mask, signed_depth
 
 RIGID_RESOLUTION_MM = 4.0
@@ -70,9 +70,15 @@ def _downsample(image, resolution: float):
 
 def working_image(volume: np.ndarray, affine: np.ndarray):
     """The ANTs image registered: ``volume`` (I, J, K) clipped at its 99.8th percentile
-    (a few hot voxels must not squeeze the histogram) at ``WORKING_RESOLUTION_MM``."""
+    (a few hot voxels must not squeeze the histogram), linearly resampled to
+    ``WORKING_RESOLUTION_MM`` on the grid of ``working_reference``."""
     clipped = np.clip(volume, *np.percentile(volume, [0.0, 99.8]))
-    return _downsample(to_ants(clipped, affine), WORKING_RESOLUTION_MM)
+    grid, grid_affine = working_reference(volume.shape, affine, WORKING_RESOLUTION_MM)
+    if grid.shape == volume.shape[:3]:
+        return to_ants(clipped, affine)
+    # ITK's own (shear-free) geometry of the image, which the grid shares.
+    image_affine = ants_affine(to_ants(clipped[:1, :1, :1], affine))
+    return to_ants(resample_aligned(clipped, image_affine, grid.shape, grid_affine), grid_affine)
 
 
 def register_template(

@@ -13,7 +13,7 @@ import nibabel as nib
 import numpy as np
 from scipy import ndimage as ndi
 
-from .geometry import ants_affine, ants_geometry, bounding_box, distance_mm, to_ants, world_grid, world_to_voxel
+from .geometry import bounding_box, distance_mm, resample_aligned, to_ants, world_grid, world_to_voxel
 
 # Refacing labels (templates/*_desc-reface_dseg.tsv), and the label given to protected
 # voxels in the image's label map: the protected region overrides every other label.
@@ -72,8 +72,8 @@ def labels_on_grid(
     """
     dseg, dseg_affine = _template_labels(str(template.dseg))
     index = world_to_voxel(coords, dseg_affine)
-    labels = nearest_labels([upsample(index[..., axis], coarse_affine, shape, affine) for axis in range(3)], dseg)
-    return labels, upsample(brain_distance_at(coords, template), coarse_affine, shape, affine)
+    labels = nearest_labels([resample_aligned(index[..., axis], coarse_affine, shape, affine) for axis in range(3)], dseg)
+    return labels, resample_aligned(brain_distance_at(coords, template), coarse_affine, shape, affine)
 
 
 def coarse_labels(coords: np.ndarray, template) -> np.ndarray:
@@ -125,35 +125,6 @@ def brain_distance_at(coords: np.ndarray, template) -> np.ndarray:
     index = world_to_voxel(coords.reshape(-1, 3), affine).T
     values = ndi.map_coordinates(distance, index, order=1, mode="constant", cval=1e6)
     return values.reshape(coords.shape[:-1]).astype(np.float32)
-
-
-def upsample(coarse: np.ndarray, coarse_affine: np.ndarray, shape: tuple, affine: np.ndarray) -> np.ndarray:
-    """(I, J, K) float32 trilinear interpolation of a working grid's (i, j, k) ``coarse`` values
-    at the voxels of an image grid.
-
-    The grids share origin and axes (``working_reference``), so the interpolation is
-    separable, one pass per axis; beyond the last working voxel the nearest value holds.
-
-    Raises
-    ------
-    ValueError
-        When the grids' axes differ.
-    """
-    voxel_to_coarse = np.linalg.inv(coarse_affine) @ affine
-    scale = np.diag(voxel_to_coarse)[:3]
-    if not np.allclose(voxel_to_coarse[:3, :3], np.diag(scale), atol=1e-4):
-        raise ValueError("the working grid's axes are not the image grid's")
-    values = np.asarray(coarse, np.float32)
-    for axis in range(3):
-        position = np.arange(shape[axis]) * scale[axis] + voxel_to_coarse[axis, 3]
-        low = np.clip(np.floor(position), 0, values.shape[axis] - 1).astype(np.intp)
-        high = np.minimum(low + 1, values.shape[axis] - 1)
-        weight = np.clip(position - low, 0.0, 1.0).astype(np.float32)
-        weight = weight.reshape([-1 if a == axis else 1 for a in range(3)])
-        lower = np.take(values, low, axis=axis)
-        lower += weight * (np.take(values, high, axis=axis) - lower)
-        values = lower
-    return values
 
 
 @lru_cache(maxsize=4)
@@ -236,33 +207,16 @@ def template_coordinates(reference, template, composite: str) -> np.ndarray:
     """
     import ants
 
-    grid_img = nib.load(str(template.dseg))
+    return np.stack([
+        ants.apply_transforms(reference, moving, [composite], interpolator="linear", defaultvalue=OUTSIDE).numpy()
+        for moving in _template_coordinate_images(str(template.dseg))
+    ], axis=-1)
+
+
+@lru_cache(maxsize=2)
+def _template_coordinate_images(dseg_file: str) -> tuple:
+    """The three ANTs images of the template's x, y and z over its label grid: a worker
+    process that masks several images builds them once."""
+    grid_img = nib.load(dseg_file)
     coords = world_grid(grid_img.affine, grid_img.shape[:3])
-    out = []
-    for axis in range(3):
-        moving = to_ants(coords[..., axis], grid_img.affine)
-        out.append(
-            ants.apply_transforms(
-                reference, moving, [composite], interpolator="linear", defaultvalue=OUTSIDE
-            ).numpy()
-        )
-    return np.stack(out, axis=-1)
-
-
-def working_reference(shape: tuple, affine: np.ndarray, resolution: float):
-    """An empty ANTs image covering the image's field of view at ``resolution`` mm.
-
-    The grid ``ants.resample_image`` would give (same origin and direction, its size
-    rule rounding half up), built without resampling a full-resolution image.
-    """
-    import ants
-
-    origin, spacing, direction = ants_geometry(affine)
-    coarse_spacing = tuple(float(max(s, resolution)) for s in spacing)
-    coarse_shape = tuple(
-        int(np.floor(n * s / c + 0.5)) for n, s, c in zip(shape[:3], spacing, coarse_spacing)
-    )
-    coarse = ants.from_numpy(
-        np.zeros(coarse_shape, np.float32), origin=origin, spacing=coarse_spacing, direction=direction
-    )
-    return coarse, ants_affine(coarse)
+    return tuple(to_ants(coords[..., axis], grid_img.affine) for axis in range(3))
