@@ -145,6 +145,7 @@ def _values(img) -> np.ndarray:
 @pytest.mark.parametrize("case", _cases("test_registration_accepted"))
 def test_registration_accepted(refaced, case):
     record = refaced(case)["registration"]
+    print(f"{case}: peak ratio {record['peak_ratio']:.2f}")
     assert record["ok"], record
 
 
