@@ -58,11 +58,15 @@ class RegistrationResult:
         return asdict(self)
 
 
+def _coarse_enough(spacing, resolution: float) -> bool:
+    return bool(np.all(np.asarray(spacing) >= resolution * 0.95))
+
+
 def _downsample(image, resolution: float):
     import ants
 
     spacing = np.asarray(image.spacing)
-    if np.all(spacing >= resolution * 0.95):
+    if _coarse_enough(spacing, resolution):
         return image
     target = tuple(float(max(s, resolution)) for s in spacing)
     return ants.resample_image(image, target, use_voxels=False, interp_type=0)
@@ -71,11 +75,12 @@ def _downsample(image, resolution: float):
 def working_image(volume: np.ndarray, affine: np.ndarray):
     """The ANTs image registered: ``volume`` (I, J, K) clipped at its 99.8th percentile
     (a few hot voxels must not squeeze the histogram), linearly resampled to
-    ``WORKING_RESOLUTION_MM`` on the grid of ``working_reference``."""
+    ``WORKING_RESOLUTION_MM`` on the grid of ``working_reference`` unless it is within
+    5 % of that already."""
     clipped = np.clip(volume, *np.percentile(volume, [0.0, 99.8]))
-    grid, grid_affine = working_reference(volume.shape, affine, WORKING_RESOLUTION_MM)
-    if grid.shape == volume.shape[:3]:
+    if _coarse_enough(np.linalg.norm(affine[:3, :3], axis=0), WORKING_RESOLUTION_MM):
         return to_ants(clipped, affine)
+    grid, grid_affine = working_reference(volume.shape, affine, WORKING_RESOLUTION_MM)
     # ITK's own (shear-free) geometry of the image, which the grid shares.
     image_affine = ants_affine(to_ants(clipped[:1, :1, :1], affine))
     return to_ants(resample_aligned(clipped, image_affine, grid.shape, grid_affine), grid_affine)
