@@ -33,7 +33,7 @@ from .core.replace import (
     blended_coordinates,
     clearing_skin_offset,
     edge_weight,
-    field_of_view_depth,
+    field_of_view_room,
     fit_head_affine,
     sample_at,
     signed_skin_distance,
@@ -333,7 +333,14 @@ def _replacement_samples(
     raise_weight = 1.0 - ndi.map_coordinates(unraised, coarse_ijk, order=1, mode="nearest")
     # Raised within the field of view only: a face pushed through its edge would be cut
     # flat there, where the subject's own nose or chin was cut, and give the cut back.
-    raise_cap = (field_of_view_depth(voxels, replaced.shape, zooms) - FOV_CLEARANCE_MM) * scale
+    # The raise moves the skin along its normal, so the room that counts is the room
+    # along it: a brow under an edge that cuts the forehead is raised parallel to it.
+    coarse_zooms = np.linalg.norm(coarse_affine[:3, :3], axis=0)
+    outward = np.stack([
+        ndi.map_coordinates(gradient, coarse_ijk, order=1, mode="nearest")
+        for gradient in np.gradient(registered_skin_distance, *coarse_zooms)
+    ], axis=1)
+    raise_cap = (field_of_view_room(voxels, replaced.shape, zooms, outward) - FOV_CLEARANCE_MM) * scale
     # The template's anatomy stays where the placement puts it; only its skin is raised.
     template_skin_distance = sample_at(tpl.signed_distance, tpl.signed_distance_affine, sample_points, 1e3)
     skin_offset = clearing_skin_offset(

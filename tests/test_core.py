@@ -20,7 +20,7 @@ from refacebids.core.noise import NoiseModel, add_noise, feather, local_noise_sd
 from refacebids.core import warp
 from refacebids.core.replace import (
     BLEND_MM, COINCIDENT_SKIN_TOLERANCE, RAISE_FADE_MM, SKIN_OFFSET_MM, clearing_skin_offset, edge_weight,
-    field_of_view_depth, signed_skin_distance,
+    field_of_view_depth, field_of_view_room, signed_skin_distance,
 )
 from refacebids.templates import load_template
 from refacebids.core.surface import _fill_holes_every_axis, head_mask
@@ -163,6 +163,17 @@ def test_field_of_view_depth_is_the_distance_to_the_nearest_face_of_the_grid():
     voxels = np.array([[0, 5, 5], [9, 5, 5], [4, 4, 4], [2, 7, 3]])
     depth = field_of_view_depth(tuple(voxels.T), (10, 10, 10), (1.0, 2.0, 0.5))
     np.testing.assert_allclose(depth, [0.0, 0.0, 2.0, 1.5])
+
+
+def test_field_of_view_room_is_measured_along_the_direction_to_the_grid_edge():
+    """A brow just under an edge that cuts the forehead has the room of the face in front of it."""
+    voxels = np.array([[5, 5, 1], [5, 5, 1], [5, 5, 1], [2, 7, 3]])
+    outward = np.array([[0.0, -3.0, 0.0], [0.0, 0.0, 1.0], [0.0, -1.0, -1.0], [0.0, 0.0, 0.0]])
+    room = field_of_view_room(tuple(voxels.T), (10, 10, 10), (1.0, 2.0, 0.5), outward)
+    # 5 voxels of 2 mm ahead; 8 of 0.5 mm; the nearer edge across the diagonal: 1 voxel of
+    # 0.5 mm at 45 degrees; no direction: the nearest edge.
+    np.testing.assert_allclose(room, [10.0, 4.0, 0.5 * np.sqrt(2.0), 1.5], rtol=1e-6)
+    assert np.all(room >= field_of_view_depth(tuple(voxels.T), (10, 10, 10), (1.0, 2.0, 0.5)))
 
 
 def test_the_raise_grows_only_until_the_new_skin_clears_the_subjects_face():

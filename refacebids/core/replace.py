@@ -183,6 +183,26 @@ def field_of_view_depth(indices, shape: tuple, zooms) -> np.ndarray:
     return depth
 
 
+def field_of_view_room(indices, shape: tuple, zooms, outward: np.ndarray) -> np.ndarray:
+    """(N,) distance in mm from voxels to the edge of the grid along ``outward``.
+
+    ``indices`` holds three (N,) arrays of voxel indices; ``outward`` (N, 3) are
+    directions in mm along the grid's axes (any length). Where a direction is zero the
+    distance to the nearest edge is given, which is never more than the room along any
+    direction.
+    """
+    length = np.linalg.norm(outward, axis=1)
+    defined = length > 1e-6
+    unit = outward / np.where(defined, length, 1.0)[:, None]
+    room = np.full(len(indices[0]), np.inf, np.float32)
+    for axis, (along, n, zoom) in enumerate(zip(indices, shape[:3], zooms)):
+        step = unit[:, axis]
+        ahead = np.where(step > 0, n - 1 - along, along).astype(np.float32) * np.float32(zoom)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            np.minimum(room, np.where(np.abs(step) > 1e-6, ahead / np.abs(step), np.inf), out=room)
+    return np.where(defined, room, field_of_view_depth(indices, shape, zooms)).astype(np.float32)
+
+
 def sample_at(
     volume: np.ndarray, affine: np.ndarray, points: np.ndarray, outside: float = 0.0, order: int = 1
 ) -> np.ndarray:
