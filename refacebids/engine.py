@@ -19,7 +19,7 @@ from scipy import ndimage as ndi
 
 from . import modalities
 from .core import warp
-from .core.geometry import bounding_box, distance_mm, other_grid_index, resample_aligned, working_reference, world_grid
+from .core.geometry import bounding_box, distance_mm, other_grid_index, resample_aligned, working_grid, world_grid
 from .core.image import header_warnings, scrubbed_header, to_raw, write_like
 from .core.intensity import SKIN_PROFILE_MM, distribution_distance
 from .core.noise import local_noise_sd
@@ -126,8 +126,8 @@ def compute_masks(
         return ~ndi.binary_dilation(skin)  # outside the head, one voxel clear of the skin's partial volume
 
     def template_labels() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        coarse, coarse_affine = working_reference(shape, head.affine, WORKING_RESOLUTION_MM)
-        coords = warp.template_coordinates(coarse, template, composite)
+        coarse_shape, coarse_affine = working_grid(shape, head.affine, WORKING_RESOLUTION_MM)
+        coords = warp.template_coordinates(coarse_shape, coarse_affine, template, composite)
         coarse_labels = warp.coarse_labels(coords, template)
         placement = head_placement(coords, coarse_labels, coarse_affine, _template_data(template))
         coarse_labels = warp.with_placed_face(coarse_labels, coarse_affine, template, placement)

@@ -13,7 +13,7 @@ import pytest
 from scipy import ndimage as ndi
 
 from refacebids.core.geometry import (
-    apply_affine_float32, bounding_box, distance_mm, other_grid_index, resample_aligned, to_ants, working_reference,
+    apply_affine_float32, bounding_box, distance_mm, other_grid_index, resample_aligned, to_ants, working_grid,
 )
 from refacebids.core.intensity import SKIN_PROFILE_MM, fit_skin_profile, skin_profile_weight, typical_level
 from refacebids.core.noise import NoiseModel, add_noise, feather, local_noise_sd, soften_structure
@@ -263,8 +263,8 @@ def test_aligned_resampling_of_a_working_grid_is_trilinear_interpolation_at_the_
     for zooms in [(1.0, 1.0, 1.0), (1.6, 0.9, 2.4)]:
         shape = (23, 31, 17)
         affine = nib.affines.from_matvec(np.diag(zooms) @ np.diag([-1, 1, 1]), [40.0, -30.0, 12.0])
-        coarse_img, coarse_affine = working_reference(shape, affine, 2.0)
-        coarse = rng.normal(size=coarse_img.shape).astype(np.float32)
+        coarse_shape, coarse_affine = working_grid(shape, affine, 2.0)
+        coarse = rng.normal(size=coarse_shape).astype(np.float32)
         voxels = np.indices(shape).reshape(3, -1).astype(float)
         at = (np.linalg.inv(coarse_affine) @ affine @ np.vstack([voxels, np.ones(voxels.shape[1])]))[:3]
         expected = ndi.map_coordinates(coarse, at, order=1, mode="nearest").reshape(shape)
@@ -310,8 +310,8 @@ def test_labels_read_off_the_working_grid_are_those_the_transform_carries():
     transform.set_parameters(np.r_[matrix.ravel(), [3.0, -6.0, 8.0]])
     composite = str(Path(tempfile.mkdtemp()) / "tpl2img.mat")
     ants.write_transform(transform, composite)
-    coarse, coarse_affine = working_reference(shape, affine, 2.0)
-    coords = warp.template_coordinates(coarse, template, composite)
+    coarse_shape, coarse_affine = working_grid(shape, affine, 2.0)
+    coords = warp.template_coordinates(coarse_shape, coarse_affine, template, composite)
     labels, _ = warp.labels_on_grid(coords, coarse_affine, shape, affine, template)
     reference = to_ants(np.zeros(shape, np.float32), affine)
     resampled = ants.apply_transforms(reference, ants.image_read(str(dseg_img.get_filename())), [composite],

@@ -45,15 +45,6 @@ def to_ants(volume: np.ndarray, affine: np.ndarray):
     )
 
 
-def ants_affine(image) -> np.ndarray:
-    """The nibabel (RAS) voxel-to-world affine of an ANTs image."""
-    linear = np.asarray(image.direction) * np.asarray(image.spacing)
-    lps = np.eye(4)
-    lps[:3, :3] = linear
-    lps[:3, 3] = image.origin
-    return RAS_TO_LPS @ lps
-
-
 def world_grid(affine: np.ndarray, shape: tuple[int, int, int]) -> np.ndarray:
     """(I, J, K, 3) world coordinates of every voxel centre of a grid."""
     ijk = np.indices(shape, dtype=np.float32).reshape(3, -1)
@@ -148,20 +139,27 @@ def resample_aligned(values: np.ndarray, values_affine: np.ndarray, shape: tuple
     return values
 
 
-def working_reference(shape: tuple, affine: np.ndarray, resolution: float):
-    """An empty ANTs image covering the image's field of view at ``resolution`` mm.
-
-    The grid ``ants.resample_image`` would give (same origin and direction, its size
-    rule rounding half up), built without resampling a full-resolution image.
-    """
-    import ants
-
+def itk_affine(affine: np.ndarray) -> np.ndarray:
+    """(4, 4) the shear-free RAS affine ITK gives a grid whose nibabel affine is ``affine``
+    (see :func:`ants_geometry`)."""
     origin, spacing, direction = ants_geometry(affine)
-    coarse_spacing = tuple(float(max(s, resolution)) for s in spacing)
-    coarse_shape = tuple(
-        int(np.floor(n * s / c + 0.5)) for n, s, c in zip(shape[:3], spacing, coarse_spacing)
-    )
-    coarse = ants.from_numpy(
-        np.zeros(coarse_shape, np.float32), origin=origin, spacing=coarse_spacing, direction=direction
-    )
-    return coarse, ants_affine(coarse)
+    lps = np.eye(4)
+    lps[:3, :3] = direction * np.asarray(spacing)
+    lps[:3, 3] = origin
+    return RAS_TO_LPS @ lps
+
+
+def working_grid(shape: tuple, affine: np.ndarray, resolution: float) -> tuple[tuple, np.ndarray]:
+    """Shape and (4, 4) RAS affine of the grid covering an image's field of view at ``resolution`` mm.
+
+    The grid ``ants.resample_image`` would give the image (``shape``, ``affine``): the
+    same origin and axes as ITK sees them (:func:`itk_affine`), voxels of at least
+    ``resolution`` mm, and its size rule rounding half up.
+    """
+    origin, spacing, direction = ants_geometry(affine)
+    coarse_spacing = np.maximum(spacing, resolution)
+    coarse_shape = tuple(int(np.floor(n * s / c + 0.5)) for n, s, c in zip(shape[:3], spacing, coarse_spacing))
+    lps = np.eye(4)
+    lps[:3, :3] = direction * coarse_spacing
+    lps[:3, 3] = origin
+    return coarse_shape, RAS_TO_LPS @ lps

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from ..utils.threads import use_itk_threads
-from .geometry import ants_affine, distance_mm, resample_aligned, to_ants, working_reference
+from .geometry import distance_mm, itk_affine, resample_aligned, to_ants, working_grid
 from .surface import head_mask, signed_depth
 
 RIGID_RESOLUTION_MM = 4.0
@@ -75,15 +75,14 @@ def _downsample(image, resolution: float):
 def working_image(volume: np.ndarray, affine: np.ndarray):
     """The ANTs image registered: ``volume`` (I, J, K) clipped at its 99.8th percentile
     (a few hot voxels must not squeeze the histogram), linearly resampled to
-    ``WORKING_RESOLUTION_MM`` on the grid of ``working_reference`` unless it is within
+    ``WORKING_RESOLUTION_MM`` on the grid of ``working_grid`` unless it is within
     5 % of that already."""
     clipped = np.clip(volume, *np.percentile(volume, [0.0, 99.8]))
     if _coarse_enough(np.linalg.norm(affine[:3, :3], axis=0), WORKING_RESOLUTION_MM):
         return to_ants(clipped, affine)
-    grid, grid_affine = working_reference(volume.shape, affine, WORKING_RESOLUTION_MM)
-    # ITK's own (shear-free) geometry of the image, which the grid shares.
-    image_affine = ants_affine(to_ants(clipped[:1, :1, :1], affine))
-    return to_ants(resample_aligned(clipped, image_affine, grid.shape, grid_affine), grid_affine)
+    grid_shape, grid_affine = working_grid(volume.shape, affine, WORKING_RESOLUTION_MM)
+    # The grid shares ITK's own (shear-free) geometry of the image.
+    return to_ants(resample_aligned(clipped, itk_affine(affine), grid_shape, grid_affine), grid_affine)
 
 
 def register_template(

@@ -13,7 +13,8 @@ import nibabel as nib
 import numpy as np
 from scipy import ndimage as ndi
 
-from .geometry import bounding_box, distance_mm, resample_aligned, to_ants, world_grid, world_to_voxel
+from .geometry import bounding_box, distance_mm, resample_aligned, world_grid, world_to_voxel
+from .transform import map_points, read_transforms
 
 # Refacing labels (templates/*_desc-reface_dseg.tsv), and the label given to protected
 # voxels in the image's label map: the protected region overrides every other label.
@@ -58,7 +59,7 @@ def labels_on_grid(
     coarse_affine : (4, 4) ndarray
         The working grid's voxel-to-world affine.
     shape : (I, J, K) tuple
-        The image grid, sharing origin and axes with the working grid (``working_reference``).
+        The image grid, sharing origin and axes with the working grid (``geometry.working_grid``).
     affine : (4, 4) ndarray
         The image grid's voxel-to-world affine.
     template : refacebids.templates.Template
@@ -199,24 +200,17 @@ def _template_brain_distance(brain_mask_file: str) -> tuple[np.ndarray, np.ndarr
     return distance, brain_img.affine
 
 
-def template_coordinates(reference, template, composite: str) -> np.ndarray:
-    """(I, J, K, 3) template world coordinates (mm) of every voxel of ``reference``.
+def template_coordinates(shape: tuple, affine: np.ndarray, template, composite: str) -> np.ndarray:
+    """(I, J, K, 3) float32 template world coordinates (mm) of every voxel of a grid.
 
-    Computed by warping images whose values are the template's own coordinates over
-    the padded label grid; voxels that map beyond that grid get ``OUTSIDE``.
+    ``shape`` and ``affine`` (4, 4) give the grid (the working grid); ``composite`` maps
+    its points to the template's. Voxels that map beyond the template's padded label
+    grid get ``OUTSIDE``.
     """
-    import ants
-
-    return np.stack([
-        ants.apply_transforms(reference, moving, [composite], interpolator="linear", defaultvalue=OUTSIDE).numpy()
-        for moving in _template_coordinate_images(str(template.dseg))
-    ], axis=-1)
-
-
-@lru_cache(maxsize=2)
-def _template_coordinate_images(dseg_file: str) -> tuple:
-    """The three ANTs images of the template's x, y and z over its label grid: a worker
-    process that masks several images builds them once."""
-    grid_img = nib.load(dseg_file)
-    coords = world_grid(grid_img.affine, grid_img.shape[:3])
-    return tuple(to_ants(coords[..., axis], grid_img.affine) for axis in range(3))
+    coords = map_points(read_transforms(composite), world_grid(affine, tuple(shape[:3])))
+    dseg, dseg_affine = _template_labels(str(template.dseg))
+    index = world_to_voxel(coords, dseg_affine)
+    size = np.asarray(dseg.shape[:3], np.float32)
+    beyond = np.any((index < -0.5) | (index > size - 0.5), axis=-1)
+    coords[beyond] = OUTSIDE
+    return coords
