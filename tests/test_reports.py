@@ -20,7 +20,7 @@ import pytest
 
 from refacebids.cli.run import main
 from refacebids.reports.audit import read_audit
-from refacebids.reports.methods import REFERENCES, citation_markdown
+from refacebids.reports.methods import REFERENCES, citation_markdown, methods_paragraph
 from refacebids.reports.qc import TSV_COLUMNS, flag_reasons
 
 from .conftest import REPO, T1W_A, T1W_B, T2W, validate
@@ -270,6 +270,13 @@ def test_methods_text_names_versions_template_and_settings(outputs):
     assert "antspyx 0.6.3" in citation and "at 2 mm (40x20x0 SyN iterations)" in citation
     assert "rigid at 4 mm from the centres of mass" in citation
     assert all(reference in citation for reference in REFERENCES.values())
+    # This version's record gives every stage's levels.
+    current = methods_paragraph("T1w", "MNI152EXT", registration={
+        "software": "antspyx 0.6.3", "stages": ["Rigid", "Affine", "SyN"], "resolution_mm": 2.0,
+        "levels_mm": {"Rigid": [8.0], "Affine": [8.0, 4.0, 4.0], "SyN": [8.0, 4.0]}, "syn_iterations": [40, 10],
+        "initialisation": "centres of mass"})
+    assert ("rigid at 8 mm from the centres of mass, then affine and SyN [5] at 8 and 4 mm, coarse to fine "
+            "on a 2 mm working image (40x10 SyN iterations)") in current
     mixed = citation_markdown([("T1w", {"Software": {"refacebids": "0.1.0"}}),
                                ("T1w", {"Software": {"refacebids": "0.2.0"}})], 1)
     assert "refaced by refacebids 0.1.0, 0.2.0" in mixed

@@ -1,11 +1,13 @@
 """Template-to-image registration with antspyx.
 
-Rigid (4 mm) -> affine + SyN (2 mm), all with Mattes mutual information, so that one
-template serves every contrast. The face needs ~1-2 mm accuracy, not sub-millimetre:
-SyN on 2 mm images agreed with full-resolution SyN within ~1 mm on real heads at a tenth
-of the cost (../shared/notes/feasibility.md). The rigid start makes the result
-independent of how the head is stored (LPS/RAS/PIR, oblique, off-centre): ANTs works in
-world coordinates and the rigid stage starts from the centres of mass.
+One antsRegistration call, three stages on the 2 mm working image, each with Mattes
+mutual information so that one template serves every contrast: rigid from the centres
+of mass (so the result does not depend on how the head is stored: LPS/RAS/PIR,
+oblique, off-centre; ANTs works in world coordinates), then affine, then SyN, each
+coarse to fine at 8 and 4 mm. The face needs ~1-2 mm accuracy, not sub-millimetre: SyN
+on 2 mm images agreed with full-resolution SyN within ~1 mm on real heads at a tenth
+of the cost (../shared/notes/feasibility.md), and no level runs at 2 mm itself (see
+``STAGES``).
 """
 
 from __future__ import annotations
@@ -19,13 +21,50 @@ from ..utils.threads import use_itk_threads
 from .geometry import distance_mm, itk_affine, resample_aligned, to_ants, working_grid
 from .surface import head_mask, signed_depth
 
-RIGID_RESOLUTION_MM = 4.0
 WORKING_RESOLUTION_MM = 2.0
-# SyN iterations at 8, 4 and 2 mm. antspyx's default 40x20x0 spends half the registration
-# in the 4 mm level, whose metric levels off after ~10 iterations: 10 moved the template's
-# skin by a median 0.2-0.9 mm on four real heads, less than a different random seed did
-# on two of them (1.7 mm), and saved ~6 s.
-SYN_ITERATIONS = (40, 10, 0)
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One antsRegistration stage: transform, metric sampling and its levels.
+
+    ``shrink`` divides the working image's grid (2 mm: 4 -> 8 mm, 2 -> 4 mm) and
+    ``smoothing`` is in its voxels, one per level; ``convergence`` is ANTs' threshold
+    and window.
+    """
+
+    transform: str
+    sampling: str
+    iterations: tuple[int, ...]
+    shrink: tuple[int, ...]
+    smoothing: tuple[float, ...]
+    convergence: str = "1e-6,10"
+
+    def arguments(self, fixed: str, moving: str) -> list[str]:
+        def levels(values):
+            return "x".join(f"{value:g}" for value in values)
+
+        return [
+            "--transform", self.transform,
+            "--metric", f"Mattes[{fixed},{moving},1,32{self.sampling}]",
+            "--convergence", f"[{levels(self.iterations)},{self.convergence}]",
+            "--shrink-factors", levels(self.shrink),
+            "--smoothing-sigmas", levels(self.smoothing),
+        ]
+
+
+# antspyx's "Rigid" (at 4 mm) and "SyN" presets, less the levels with no iterations at the
+# working resolution itself: every stage of the SyN preset ends with one, which only
+# resamples the result. Against a SyN that also ran at 2 mm, dropping them moved the
+# template's face no further (a mean 0.22-0.23 mm from it on two real 1 mm heads, 0.38-0.51 mm
+# with them). Fewer levels did: without the affine stage's first 4 mm level the face
+# moved a mean 1.4 mm on the Philips head. SyN's 4 mm level runs 10 iterations
+# (antspyx: 20): its metric levels off after ~10.
+STAGES = (
+    Stage("Rigid[0.25]", ",Regular,0.2", iterations=(500, 200), shrink=(4, 2), smoothing=(2, 0)),
+    Stage("Affine[0.25]", ",Regular,0.2", iterations=(2100, 1200, 1200), shrink=(4, 2, 2), smoothing=(3, 2, 1)),
+    Stage("SyN[0.2,3,0]", "", iterations=(40, 10), shrink=(4, 2), smoothing=(2, 1), convergence="1e-7,8"),
+)
 # A registration is reported as failed, not used, unless its scalp overlap beats that
 # of the same template moved 8 mm along any axis by this factor: correct registrations
 # reached 1.37-1.95 on real and simulated heads of every contrast (T1w, T2w, PD, T2*,
@@ -58,27 +97,13 @@ class RegistrationResult:
         return asdict(self)
 
 
-def _coarse_enough(spacing, resolution: float) -> bool:
-    return bool(np.all(np.asarray(spacing) >= resolution * 0.95))
-
-
-def _downsample(image, resolution: float):
-    import ants
-
-    spacing = np.asarray(image.spacing)
-    if _coarse_enough(spacing, resolution):
-        return image
-    target = tuple(float(max(s, resolution)) for s in spacing)
-    return ants.resample_image(image, target, use_voxels=False, interp_type=0)
-
-
 def working_image(volume: np.ndarray, affine: np.ndarray):
     """The ANTs image registered: ``volume`` (I, J, K) clipped at its 99.8th percentile
     (a few hot voxels must not squeeze the histogram), linearly resampled to
     ``WORKING_RESOLUTION_MM`` on the grid of ``working_grid`` unless it is within
     5 % of that already."""
     clipped = np.clip(volume, *np.percentile(volume, [0.0, 99.8]))
-    if _coarse_enough(np.linalg.norm(affine[:3, :3], axis=0), WORKING_RESOLUTION_MM):
+    if np.all(np.linalg.norm(affine[:3, :3], axis=0) >= WORKING_RESOLUTION_MM * 0.95):
         return to_ants(clipped, affine)
     grid_shape, grid_affine = working_grid(volume.shape, affine, WORKING_RESOLUTION_MM)
     # The grid shares ITK's own (shear-free) geometry of the image.
@@ -105,7 +130,8 @@ def register_template(
     template_file : str
         Template head image (NIfTI).
     out_prefix : str
-        Where antspyx writes its transforms (inside the work directory, never $TMPDIR).
+        Where ANTs writes the working image and the transforms (inside the work
+        directory, never $TMPDIR).
     seed : int
         Random seed of the metric sampling, for reproducible results.
     threads : int
@@ -119,44 +145,30 @@ def register_template(
     use_itk_threads(threads)  # before antspyx is first imported in this process
     import ants
 
-    ants.config._random_seed = seed  # antspyx reads the seed from here only
     Path(out_prefix).parent.mkdir(parents=True, exist_ok=True)
-
     fixed = working_image(reference, affine)
-    moving = ants.image_read(str(template_file))
-
-    rigid = ants.registration(
-        _downsample(fixed, RIGID_RESOLUTION_MM),
-        _downsample(moving, RIGID_RESOLUTION_MM),
-        type_of_transform="Rigid",
-        aff_metric="mattes",
-        aff_shrink_factors=(2, 1),
-        aff_smoothing_sigmas=(1, 0),
-        aff_iterations=(500, 200),
-        outprefix=f"{out_prefix}rigid_",
-    )
-    deformable = ants.registration(
-        fixed,
-        moving,
-        type_of_transform="SyN",
-        initial_transform=rigid["fwdtransforms"],
-        aff_metric="mattes",
-        syn_metric="mattes",
-        reg_iterations=SYN_ITERATIONS,
-        outprefix=out_prefix,
-        write_composite_transform=True,
-    )
-    composite = deformable["fwdtransforms"]
+    fixed_file = f"{out_prefix}working.nii"
+    ants.image_write(fixed, fixed_file)
+    arguments = [
+        "--dimensionality", "3", "--float", "1", "--random-seed", str(seed),
+        "--initial-moving-transform", f"[{fixed_file},{template_file},1]",  # centres of mass
+        *(argument for stage in STAGES for argument in stage.arguments(fixed_file, template_file)),
+        "--use-histogram-matching", "0", "--collapse-output-transforms", "1",
+        "--write-composite-transform", "1", "--output", f"[{out_prefix}]",
+    ]
+    ants.registration(arguments, None)  # antspyx passes a list on to antsRegistration as it is
+    composite = f"{out_prefix}Composite.h5"
     return RegistrationResult(
         composite=composite,
-        **registration_quality(fixed, template_file, composite, deformable["warpedmovout"]),
+        **registration_quality(fixed, template_file, composite),
         settings={
             "software": f"antspyx {ants.__version__}",
             "stages": ["Rigid", "Affine", "SyN"],
             "metric": "Mattes mutual information (32 bins)",
-            "rigid_resolution_mm": RIGID_RESOLUTION_MM,
             "resolution_mm": WORKING_RESOLUTION_MM,
-            "syn_iterations": list(SYN_ITERATIONS),
+            "levels_mm": {stage.transform.split("[")[0]: [WORKING_RESOLUTION_MM * shrink for shrink in stage.shrink]
+                          for stage in STAGES},
+            "syn_iterations": list(STAGES[-1].iterations),
             "initialisation": "centres of mass",
             "random_seed": seed,
             "path": "own",

@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 
 from .. import __version__
-from ..core.registration import RIGID_RESOLUTION_MM, WORKING_RESOLUTION_MM
+from ..core.registration import STAGES, WORKING_RESOLUTION_MM
 from ..core.replace import MAX_SKIN_OFFSET_MM, SKIN_OFFSET_MM
 from ..core.warp import PROTECT_MARGIN_MM
 
@@ -44,8 +44,9 @@ CURRENT_REGISTRATION = {
     "software": "antspyx",
     "stages": ["Rigid", "Affine", "SyN"],
     "metric": "Mattes mutual information",
-    "rigid_resolution_mm": RIGID_RESOLUTION_MM,
     "resolution_mm": WORKING_RESOLUTION_MM,
+    "levels_mm": {stage.transform.split("[")[0]: [WORKING_RESOLUTION_MM * shrink for shrink in stage.shrink]
+                  for stage in STAGES},
     "initialisation": "centres of mass",
 }
 
@@ -76,7 +77,6 @@ def methods_paragraph(modality: str, template_name: str, *, version: str = __ver
     # Transform names as in a sentence; SyN keeps its capitals.
     stages = [stage if stage == "SyN" else stage.lower()
               for stage in settings.get("stages") or ["Rigid", "Affine", "SyN"]]
-    rigid, rest = stages[0], " and ".join(stages[1:])
     syn_iterations = settings.get("syn_iterations")
     iterations = (f" ({'x'.join(map(str, syn_iterations))} SyN iterations)"
                   if syn_iterations else "")
@@ -88,9 +88,7 @@ def methods_paragraph(modality: str, template_name: str, *, version: str = __ver
 Faces were replaced with *refacebids* {version} [{CITED['bidsapps']}, {CITED['nipype']}]. \
 The {modality} image was registered to the {template_name} full-head \
 template{origin}{checksum}, with \
-{settings['software']} [{CITED['ants']}]: {rigid} at \
-{settings['rigid_resolution_mm']:g} mm from the {settings['initialisation']}, then \
-{rest} [{CITED['syn']}] at {settings['resolution_mm']:g} mm{iterations}, all with \
+{settings['software']} [{CITED['ants']}]: {_stage_levels(stages, settings)}{iterations}, all with \
 {settings['metric']} [{CITED['mattes']}]. The template's face, forehead, cheeks, ears, \
 teeth and jaw labels, and the air in which wrapped face parts appear, were carried to the \
 image; an intracranial region grown by {PROTECT_MARGIN_MM:g} mm was protected and left \
@@ -103,6 +101,26 @@ surrounding tissue. Every voxel outside the replaced \
 region was verified to be unchanged, and an output failing this check was withheld.\
 {_modality_sentences(modality)}{THROUGH_ANAT_METHODS if settings.get("path") == "anat" else ""}
 """
+
+
+def _stage_levels(stages: list[str], settings: dict) -> str:
+    """Which transforms were fitted at which resolutions, as recorded.
+
+    Records of this version give the levels of each stage (``levels_mm``); earlier ones
+    a rigid resolution (``rigid_resolution_mm``) and one for the rest.
+    """
+    rigid, rest = stages[0], " and ".join(stages[1:])
+    syn = f"{rest} [{CITED['syn']}]"
+    if "rigid_resolution_mm" in settings:
+        return (f"{rigid} at {settings['rigid_resolution_mm']:g} mm from the {settings['initialisation']}, "
+                f"then {syn} at {settings['resolution_mm']:g} mm")
+    # A resolution repeated with less smoothing is one resolution in words.
+    levels = [" and ".join(f"{level:g}" for level in sorted(set(settings["levels_mm"][name]), reverse=True)) + " mm"
+              for name in settings["stages"]]
+    shared = f" at {levels[-1]}" if len(set(levels[1:])) == 1 else ""
+    rest_levels = shared or " at " + ", ".join(levels[1:])
+    return (f"{rigid} at {levels[0]} from the {settings['initialisation']}, then {syn}{rest_levels}, "
+            f"coarse to fine on a {settings['resolution_mm']:g} mm working image")
 
 
 #: What PET and CT add to the paragraph (refacebids.modalities).
@@ -209,4 +227,4 @@ def _registration_settings(provenance: dict) -> dict:
     registration = dict(provenance.get("Registration") or {})
     # Older sidecars and stand-ins may lack some settings; keep only the ones recorded.
     return {key: value for key, value in registration.items()
-            if key in (*CURRENT_REGISTRATION, "syn_iterations", "path") and value}
+            if key in (*CURRENT_REGISTRATION, "rigid_resolution_mm", "syn_iterations", "path") and value}
