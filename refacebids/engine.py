@@ -94,7 +94,8 @@ class MaskFiles:
         negative inside, positive outside, never 0 (see ``surface.signed_depth``).
     placement : str
         JSON: ``head_affine``, the (4, 4) image-world to template-world affine that
-        places the replacement (:func:`head_placement`).
+        places the replacement (:func:`head_placement`), and ``skin_level``, the
+        intensity of the image's skin (``modalities.skin_level``).
     """
 
     labels: str
@@ -119,11 +120,12 @@ def compute_masks(
     shape = head.raw.shape[:3]
     masks = MaskFiles(*(str(out_dir / name) for name in ("labels.nii", "coords.nii", "skin.nii", "placement.json")))
 
-    def image_skin() -> np.ndarray:
+    def image_skin() -> tuple[np.ndarray, float]:
         reference = head.reference()
-        skin = head_mask(reference, head.zooms, modalities.skin_level(reference, modality))
+        level = modalities.skin_level(reference, modality)
+        skin = head_mask(reference, head.zooms, level)
         nib.Nifti1Image(signed_depth(skin, head.zooms), head.affine).to_filename(masks.skin)
-        return ~ndi.binary_dilation(skin)  # outside the head, one voxel clear of the skin's partial volume
+        return ~ndi.binary_dilation(skin), level  # outside the head, one voxel clear of the skin's partial volume
 
     def template_labels() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         coarse_shape, coarse_affine = working_grid(shape, head.affine, WORKING_RESOLUTION_MM)
@@ -133,10 +135,10 @@ def compute_masks(
         coarse_labels = warp.with_placed_face(coarse_labels, coarse_affine, template, placement)
         packed = np.concatenate([coords, coarse_labels[..., None].astype(np.float32)], axis=-1)
         nib.Nifti1Image(packed, coarse_affine).to_filename(masks.coords)
-        Path(masks.placement).write_text(json.dumps({"head_affine": placement.tolist()}))
         return (*warp.labels_on_grid(coords, coarse_affine, shape, head.affine, template), placement)
 
-    (labels, brain_distance, placement), outside_head = in_parallel(threads, template_labels, image_skin)
+    (labels, brain_distance, placement), (outside_head, skin_level) = in_parallel(threads, template_labels, image_skin)
+    Path(masks.placement).write_text(json.dumps({"head_affine": placement.tolist(), "skin_level": skin_level}))
     labels = warp.with_placed_face(
         warp.protect(labels, brain_distance, outside_head), head.affine, template, placement
     )
@@ -177,7 +179,8 @@ def replace_face(
 
     values = head.scaled()
     reference = values if values.ndim == 3 else head.reference()
-    threshold = modalities.skin_level(reference, modality)
+    placement = json.loads(Path(masks.placement).read_text())
+    threshold = placement["skin_level"]
     tissue_labels = warp.is_label(labels, warp.TISSUE_LABELS)
     replaced = tissue_labels | wrap_signal(
         reference, labels == warp.WRAP_AIR, 0.5 * threshold, zooms
@@ -185,7 +188,7 @@ def replace_face(
     replaced |= modalities.extra_replaced(reference, labels, head.affine, zooms, modality)
     if not tissue_labels.any():
         raise ValueError("the face lies outside the image's field of view")
-    head_affine = np.array(json.loads(Path(masks.placement).read_text())["head_affine"])
+    head_affine = np.array(placement["head_affine"])
     rng = np.random.default_rng(seed)
 
     def correspondence():
@@ -231,7 +234,7 @@ def replace_face(
     raw_out = head.raw.copy()
     raw_volumes = raw_out[..., None] if raw_out.ndim == 3 else raw_out
     noise_models = []
-    reface = modalities.reface_function(modality, zooms, tpl.air, tpl.subcutaneous)
+    reface = modalities.reface_function(modality, zooms, tpl.air, tpl.subcutaneous, threads)
     for t in range(volumes.shape[3]):
         new_values, noise = reface(
             volumes[..., t], template_at_voxels, new_skin_distance, padding, replaced, training,
@@ -250,14 +253,15 @@ def replace_face(
     expected_face_mm3 = tpl.face_mm3 / abs(np.linalg.det(head_affine[:3, :3]))
     # Measured on the stored values written out (the header's scaling, as a reader sees them).
     refaced = dataclasses.replace(head, raw=raw_out)
-    *_, metrics = in_parallel(
+    quality, *_, changes = in_parallel(
         threads,
+        lambda: _quality(head, reference, refaced, labels, replaced, tpl_registered, tpl_head_level,
+                         threshold, expected_face_mm3),
         lambda: write_like(raw_out, head, out_file),
         lambda: mask_img.to_filename(mask_file),
-        lambda: _metrics(head, reference, refaced, labels, replaced, tpl_registered, tpl_head_level,
-                         threshold, expected_face_mm3),
+        lambda: _changes(head, refaced, labels, replaced),
     )
-    metrics["noise"] = noise_models
+    metrics = {**changes, **quality, "noise": noise_models}
     metrics["warnings"] = quality_warnings(metrics) + header_warnings(head)
     metrics["head_affine_determinant"] = float(np.linalg.det(head_affine[:3, :3]))
     metrics["skin_offset_mm"] = skin_offset
@@ -388,13 +392,21 @@ def quality_warnings(metrics: dict) -> list[str]:
     return warnings
 
 
-def _metrics(
-    head, original, refaced, labels, replaced, tpl_registered, tpl_head_level, threshold, expected_face_mm3
-) -> dict:
-    protected = labels == warp.PROTECTED
+def _changes(head, refaced, labels, replaced) -> dict:
+    """Voxels whose stored values changed where nothing may change."""
     changed = _stored_differently(head.raw, refaced.raw)
     if changed.ndim == 4:
         changed = changed.any(axis=3)
+    return {
+        "protected_voxels_changed": int(np.count_nonzero(changed & (labels == warp.PROTECTED))),
+        "changed_voxels_outside_replaced": int(np.count_nonzero(changed & ~replaced)),
+    }
+
+
+def _quality(
+    head, original, refaced, labels, replaced, tpl_registered, tpl_head_level, threshold, expected_face_mm3
+) -> dict:
+    """How far the face moved, how much of it was in view, and how natural the new one is."""
     new = refaced.reference()
     face = labels == warp.FACE
     moved, n_surface = face_surface_moved(original, new, face, head.zooms, threshold=threshold)
@@ -405,8 +417,6 @@ def _metrics(
     noise_before = local_noise_sd(original, noise_region)
     noise_after = local_noise_sd(new, noise_region)
     return {
-        "protected_voxels_changed": int(np.count_nonzero(changed & protected)),
-        "changed_voxels_outside_replaced": int(np.count_nonzero(changed & ~replaced)),
         "replaced_voxels": int(np.count_nonzero(replaced)),
         "face_surface_moved_fraction": moved,
         "face_surface_voxels": n_surface,

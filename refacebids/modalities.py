@@ -69,19 +69,20 @@ def extra_replaced(reference: np.ndarray, labels: np.ndarray, affine, zooms, mod
     return np.zeros(labels.shape, bool)
 
 
-def reface_function(modality: str, zooms, template_air: float, template_subcutaneous: float):
+def reface_function(modality: str, zooms, template_air: float, template_subcutaneous: float, threads: int = 1):
     """The function drawing one volume's new face, with :func:`refacebids.core.replace.reface_volume`'s arguments.
 
     PET and CT have no skin profile to learn (PET skin is blurred, CT skin is absolute
     HU): they draw the raised template itself, subcutaneous tissue under the raised skin
     and air beyond it (``template_air`` and ``template_subcutaneous``, template units).
+    MRI's drawing runs its filters on ``threads``.
     """
     if modality == PET:
         draw = partial(pet.reface_frame, zooms=zooms)
     elif modality == CT:
         draw = ct.reface_volume
     else:
-        return reface_volume
+        return partial(reface_volume, threads=threads)
 
     def reface(volume, template_at_voxels, new_skin_distance, padding, replaced, training,
                template_at_training, scalp, scalp_skin_distance, air, tissue, seam,

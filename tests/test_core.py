@@ -24,7 +24,7 @@ from refacebids.core.replace import (
 )
 from refacebids.templates import load_template
 from refacebids.core.surface import _fill_holes_every_axis, head_mask
-from refacebids.utils.threads import in_parallel
+from refacebids.utils.threads import in_parallel, in_slabs
 
 ZOOMS = (1.0, 1.0, 1.0)
 
@@ -133,6 +133,25 @@ def test_anatomy_rougher_than_the_tissue_gets_the_air_noise_only_and_is_softened
     assert np.array_equal(soften_structure(signal, region, 200.0, share), signal)  # smooth enough already
     rough = add_noise(signal, model, np.random.default_rng(2), share, region)
     assert float(np.std(rough - signal)) == pytest.approx(2.0, rel=0.1)
+
+
+def test_slabs_of_a_local_function_give_its_whole_array_result():
+    volume = np.random.default_rng(8).normal(size=(41, 20, 15)).astype(np.float32)
+    whole = ndi.gaussian_filter(volume, 2.0)  # reaches int(4 * 2 + 0.5) = 8 voxels
+    np.testing.assert_array_equal(in_slabs(3, ndi.gaussian_filter, volume, reach=8, sigma=2.0), whole)
+    assert not np.allclose(in_slabs(3, ndi.gaussian_filter, volume, reach=3, sigma=2.0), whole, atol=1e-3)
+    np.testing.assert_array_equal(in_slabs(1, ndi.gaussian_filter, volume, reach=3, sigma=2.0), whole)
+
+
+def test_anatomy_is_softened_alike_in_slabs():
+    signal = np.tile(_blocky_anatomy(contrast=30.0, block=3), (3, 1, 1))  # long enough for two slabs
+    region = np.zeros(signal.shape, bool)
+    region[2:-2, 2:-2, 2:-2] = True
+    share = np.ones(signal.shape, np.float32)
+    whole = soften_structure(signal, region, 15.0, share)
+    assert not np.allclose(whole, signal)
+    # Box filters sum along their lines, so slabs may round differently: by float32 ulps.
+    np.testing.assert_allclose(soften_structure(signal, region, 15.0, share, threads=2), whole, rtol=1e-5, atol=1e-4)
 
 
 def test_feathering_keeps_the_noise_level_across_the_seam():

@@ -14,16 +14,19 @@ from the measured neighbour correlation and used to synthesise the same texture.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from functools import partial
 
 import numpy as np
 from scipy import ndimage as ndi
 
+from ..utils.threads import in_parallel, in_slabs
 from .geometry import bounding_box
 
 MAD_TO_SD = 1.4826
 MAX_SAMPLES = 200_000
 STRUCTURE_SMOOTHING_VOXELS = 1.5  # how local the roughness of drawn anatomy is
 SOFTENING_VOXELS = 1.5  # Gaussian width that takes drawn anatomy down to a face's roughness
+GAUSSIAN_TRUNCATE = 3.0  # ndimage's radius of a Gaussian: int(truncate * sigma + 0.5) voxels
 CALIBRATION_STEPS = 4  # secant steps for the noise amplitude (two reach 0.5 % on real heads)
 RAYLEIGH_MEDIAN = float(np.sqrt(2.0 * np.log(2.0)))  # median of Rayleigh(sigma) / sigma
 
@@ -84,7 +87,7 @@ def local_noise_sd(volume: np.ndarray, mask: np.ndarray) -> float:
     return float(MAD_TO_SD * np.median(np.abs(residual - np.median(residual))) * np.sqrt(27 / 26))
 
 
-def estimate_noise(volume: np.ndarray, air: np.ndarray, tissue: np.ndarray) -> NoiseModel:
+def estimate_noise(volume: np.ndarray, air: np.ndarray, tissue: np.ndarray, threads: int = 1) -> NoiseModel:
     """Measure an image's noise from its air background and, failing that, its tissue.
 
     Parameters
@@ -96,28 +99,34 @@ def estimate_noise(volume: np.ndarray, air: np.ndarray, tissue: np.ndarray) -> N
     tissue : (I, J, K) bool ndarray
         Soft tissue whose roughness the new tissue should have (the face before
         refacing).
+    threads : int
+        The roughness and the three axes' correlations are measured at once on as many.
 
     Returns
     -------
     NoiseModel
     """
-    roughness = local_noise_sd(volume, tissue)
     background = volume[air]
     has_noise_floor = background.size > 1000 and np.mean(background != background.min()) > 0.5
+    region = air if has_noise_floor else tissue
+    roughness, *difference_sds = in_parallel(
+        threads,
+        partial(local_noise_sd, volume, tissue),
+        *(partial(neighbour_difference_sd, volume, region, axis) for axis in range(3)),
+    )
     if has_noise_floor:
         # Air is Rayleigh-distributed; medians ignore ghosts and wrapped tissue in it.
         sigma = float(np.median(background)) / RAYLEIGH_MEDIAN
-        region, kind = air, "rician"
+        kind = "rician"
         marginal = MAD_TO_SD * float(np.median(np.abs(background - np.median(background))))
     else:
         # A background set to a constant (masked or zero-filled) has no noise to match:
         # the new air stays as clean as the old.
         sigma = MAD_TO_SD * float(np.median(np.abs(background - np.median(background)))) if background.size else 0.0
-        region, kind = tissue, "gaussian"
+        kind = "gaussian"
         marginal = roughness
     widths = []
-    for axis in range(3):
-        diff_sd = neighbour_difference_sd(volume, region, axis)
+    for diff_sd in difference_sds:
         rho = 1.0 - diff_sd**2 / (2.0 * marginal**2) if marginal > 0 else 0.0
         widths.append(float(np.sqrt(-1.0 / (4.0 * np.log(rho)))) if 0.05 < rho < 0.98 else 0.0)
     return NoiseModel(
@@ -130,7 +139,10 @@ def estimate_noise(volume: np.ndarray, air: np.ndarray, tissue: np.ndarray) -> N
 
 def correlated_noise(shape: tuple, model: NoiseModel, rng: np.random.Generator) -> np.ndarray:
     """Zero-mean, unit-SD Gaussian noise with the model's spatial correlation."""
-    white = rng.standard_normal(shape, dtype=np.float32)
+    return _correlated(rng.standard_normal(shape, dtype=np.float32), model)
+
+
+def _correlated(white: np.ndarray, model: NoiseModel) -> np.ndarray:
     if not any(model.correlation_voxels):
         return white
     smooth = ndi.gaussian_filter(white, model.correlation_voxels)
@@ -161,7 +173,7 @@ class _RegionFilters:
     def coverage(self, sigma_voxels: float) -> np.ndarray:
         """Gaussian-weighted share of the region around each voxel (at least 1e-6)."""
         if sigma_voxels not in self._coverage:
-            weight = ndi.gaussian_filter(self._inside, sigma_voxels, truncate=3.0)
+            weight = ndi.gaussian_filter(self._inside, sigma_voxels, truncate=GAUSSIAN_TRUNCATE)
             self._coverage[sigma_voxels] = np.maximum(weight, 1e-6)
         return self._coverage[sigma_voxels]
 
@@ -174,7 +186,7 @@ def _structure(signal: np.ndarray, filters: _RegionFilters) -> np.ndarray:
     deviation = values - ndi.uniform_filter(values, 3) / filters.neighbours
     np.abs(deviation, out=deviation)
     deviation[~filters.region] = 0.0
-    spread = ndi.gaussian_filter(deviation, STRUCTURE_SMOOTHING_VOXELS, truncate=3.0)
+    spread = ndi.gaussian_filter(deviation, STRUCTURE_SMOOTHING_VOXELS, truncate=GAUSSIAN_TRUNCATE)
     # Mean absolute residual, scaled to an SD for Gaussian noise: it weighs a few strong
     # edges as a median would, less than the RMS does.
     spread *= np.float32(np.sqrt(np.pi / 2.0 * 27 / 26))
@@ -183,8 +195,17 @@ def _structure(signal: np.ndarray, filters: _RegionFilters) -> np.ndarray:
     return spread
 
 
+def _gaussian_reach(sigma_voxels: float) -> int:
+    return int(GAUSSIAN_TRUNCATE * sigma_voxels + 0.5)
+
+
+# How far the softened value of a voxel looks: the smoothing, then the structure of the
+# smoothed signal (a 3-voxel box, then its Gaussian spread).
+SOFTENING_REACH = _gaussian_reach(SOFTENING_VOXELS) + 1 + _gaussian_reach(STRUCTURE_SMOOTHING_VOXELS)
+
+
 def soften_structure(
-    signal: np.ndarray, region: np.ndarray, roughness: float, share: np.ndarray
+    signal: np.ndarray, region: np.ndarray, roughness: float, share: np.ndarray, threads: int = 1
 ) -> np.ndarray:
     """(I, J, K) ``signal`` smoothed where its structure is rougher than the image's tissue.
 
@@ -194,13 +215,18 @@ def soften_structure(
     take that back. Where ``local_structure`` exceeds ``roughness`` the signal is blended
     towards its Gaussian smoothing (within ``region``) just enough to come down to it;
     ``share`` (same shape, 0 to 1) says where texture may change at all (0 at the new
-    skin, whose profile is the image's own).
+    skin, whose profile is the image's own). Every step is local: with ``threads`` > 1
+    slabs of the grid are softened at once, with the same result.
     """
+    return in_slabs(threads, _soften, signal, region, share, reach=SOFTENING_REACH, roughness=roughness)
+
+
+def _soften(signal: np.ndarray, region: np.ndarray, share: np.ndarray, roughness: float) -> np.ndarray:
     filters = _RegionFilters(region)
     structure = _structure(signal, filters)
     if not np.any((structure > roughness) & (share > 0)):
         return signal
-    smooth = ndi.gaussian_filter(filters.within(signal), SOFTENING_VOXELS, truncate=3.0)
+    smooth = ndi.gaussian_filter(filters.within(signal), SOFTENING_VOXELS, truncate=GAUSSIAN_TRUNCATE)
     smooth /= filters.coverage(SOFTENING_VOXELS)
     # The blend's roughness is close to the weighted mean of the two roughnesses.
     smooth_structure = _structure(smooth, filters)
@@ -215,6 +241,7 @@ def add_noise(
     rng: np.random.Generator,
     roughness_share: np.ndarray,
     region: np.ndarray | None = None,
+    threads: int = 1,
 ) -> np.ndarray:
     """Noise-free (I, J, K) ``signal`` with the image's noise added.
 
@@ -224,10 +251,13 @@ def add_noise(
     (same shape, bool: the drawn tissue), the tissue amplitude is the one with which the
     noisy signal there has the tissue's roughness, as ``local_noise_sd`` measures it.
     Adding the roughnesses in quadrature instead overshoots: noise on a smooth padding
-    and on a skin edge do not add up the way two noises do.
+    and on a skin edge do not add up the way two noises do. The real and imaginary
+    noises of a Rician model are correlated on ``threads`` at once.
     """
-    real_noise = correlated_noise(signal.shape, model, rng)
-    imaginary_noise = correlated_noise(signal.shape, model, rng) if model.kind == "rician" else None
+    # Drawn in turn, correlated at once: the same noise as drawing each in full in turn.
+    whites = [rng.standard_normal(signal.shape, dtype=np.float32) for _ in range(2 if model.kind == "rician" else 1)]
+    correlated = in_parallel(threads, *(partial(_correlated, white, model) for white in whites))
+    real_noise, imaginary_noise = correlated[0], (correlated[1] if len(correlated) > 1 else None)
 
     def noisy(tissue_amplitude: float, where=np.s_[:]) -> np.ndarray:
         share = roughness_share[where]

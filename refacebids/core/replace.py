@@ -268,6 +268,7 @@ def reface_volume(
     seam: np.ndarray,
     tissue_level: float,
     rng: np.random.Generator,
+    threads: int = 1,
 ) -> tuple[np.ndarray, NoiseModel]:
     """New values for the replaced voxels of one volume.
 
@@ -299,6 +300,8 @@ def reface_volume(
     tissue_level : float
         Intensity from which the drawn signal counts as tissue (the skin threshold).
     rng : numpy.random.Generator
+    threads : int
+        Threads of the noise measurement, the softening and the noise.
 
     Returns
     -------
@@ -306,7 +309,7 @@ def reface_volume(
         Scaled intensities for the replaced voxels.
     noise : NoiseModel
     """
-    noise = estimate_noise(volume, air, tissue)
+    noise = estimate_noise(volume, air, tissue, threads)
     levels, mapped = fit_intensity_map(template_at_training, volume[training], noise_floor=noise.floor)
     box = bounding_box(replaced, margin=0)
     in_box = replaced[box]
@@ -327,11 +330,11 @@ def reface_volume(
     # the noise makes up the rest. Matched where old and new face are both tissue, to the
     # old face's roughness there; inside by a voxel, as a box residual at the region's
     # edge would see the unfilled grid beyond it.
-    drawn = soften_structure(signal, in_box, noise.tissue_roughness, roughness)
+    drawn = soften_structure(signal, in_box, noise.tissue_roughness, roughness, threads)
     both = (drawn > tissue_level) & ndi.binary_erosion(in_box) & tissue[box]
     face_roughness = local_noise_sd(volume[box], both)
     target = dataclasses.replace(noise, tissue_roughness=face_roughness) if np.isfinite(face_roughness) else noise
-    noisy = add_noise(drawn, target, rng, roughness, both)
+    noisy = add_noise(drawn, target, rng, roughness, both, threads)
     original = volume[replaced]
     # Feathered into the image's tissue, never into its air: new tissue faded towards
     # the air that was in front of the old skin would leave a dark cleft there, and the
