@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import sys
 import tempfile
+import warnings
 from pathlib import Path
 
 import nibabel as nib
@@ -183,6 +184,10 @@ def test_bordering_level_is_what_the_tissue_edges_meet_below_its_level():
     assert bordering_level(volume, tissue, 400.0) == 100.0
     floor = 30.0
     assert bordering_level(volume, tissue, 400.0, noise_floor=floor) == pytest.approx(np.sqrt(100.0**2 - floor**2))
+    volume[9:21, 9:21, 20] = 900.0
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no median of nothing
+        assert np.isnan(bordering_level(volume, tissue, 400.0))  # nothing darker borders it
 
 
 def test_mean_run_length_is_the_thickness_of_slabs_across_them():

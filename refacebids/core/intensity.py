@@ -143,11 +143,13 @@ def bordering_level(volume: np.ndarray, tissue: np.ndarray, below: float, *, noi
     -------
     float
         ``typical_level`` of the voxels 6-connected to ``tissue``, outside it and darker
-        than ``below``.
+        than ``below``; NaN if there are none.
     """
     box = bounding_box(tissue, margin=1)
     inside = tissue[box]
     bordering = ndi.binary_dilation(inside) & ~inside & (volume[box] < below)
+    if not bordering.any():
+        return float("nan")
     return typical_level(volume[box][bordering], noise_floor=noise_floor)
 
 

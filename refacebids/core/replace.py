@@ -332,17 +332,18 @@ def reface_volume(
     )
     # The drawn anatomy has some roughness of its own, at places more than the face had.
     drawn = soften_structure(signal, in_box, noise.tissue_roughness, roughness)
+    # Noise spreads a tissue's values as widely as it makes the tissue rough: a face
+    # rougher than its values are spread owes the rest to its tissue's edges against
+    # darker tissue (in a FLAIR, fat in layers and lobules among skin and muscle as dark
+    # as the air). As noise, that roughness would spread the new face's values far wider
+    # than the old face's; it is drawn as edges instead: beneath the new skin's profile,
+    # patches of what the face's edges meet, between bright runs as long as the face's
+    # own, and as many as give the face's roughness. The noise then spreads the values
+    # as widely as the face's are spread.
     spread = value_spread(volume[tissue])
-    if noise.tissue_roughness > spread:
-        # Noise spreads a tissue's values as widely as it makes the tissue rough: a face
-        # rougher than its values are spread owes the rest to its tissue's edges against
-        # darker tissue (in a FLAIR, fat in layers and lobules among skin and muscle as
-        # dark as the air). As noise, that roughness would spread the new face's values
-        # far wider than the old face's; it is drawn as edges instead: beneath the new
-        # skin's profile, patches of what the face's edges meet, between bright runs as
-        # long as the face's own, and as many as give the face's roughness. The noise
-        # then spreads the values as widely as the face's are spread.
-        dark = bordering_level(volume, tissue, tissue_level, noise_floor=noise.floor)
+    rougher_than_spread = noise.tissue_roughness > spread
+    dark = bordering_level(volume, tissue, tissue_level, noise_floor=noise.floor) if rougher_than_spread else np.nan
+    if np.isfinite(dark):
         runs = mean_run_length(tissue)
         anatomy_rng = np.random.default_rng(PATCH_SEED)
         share = dark_patch_share(face_level, dark, runs, spread, noise, anatomy_rng)
