@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 import tempfile
+import warnings
 from pathlib import Path
 
 import nibabel as nib
@@ -15,8 +17,13 @@ from scipy import ndimage as ndi
 from refacebids.core.geometry import (
     apply_affine_float32, bounding_box, distance_mm, other_grid_index, resample_aligned, to_ants, working_grid,
 )
-from refacebids.core.intensity import SKIN_PROFILE_MM, fit_skin_profile, skin_profile_weight, typical_level
-from refacebids.core.noise import NoiseModel, add_noise, feather, local_noise_sd, soften_structure
+from refacebids.core.intensity import (
+    SKIN_PROFILE_MM, bordering_level, fit_skin_profile, skin_profile_weight, typical_level,
+)
+from refacebids.core.noise import (
+    NoiseModel, add_noise, dark_patch_share, dark_patches, feather, gaussian_field, local_noise_sd,
+    mean_run_length, patch_widths, soften_structure, value_spread,
+)
 from refacebids.core import warp
 from refacebids.core.replace import (
     BLEND_MM, COINCIDENT_SKIN_TOLERANCE, RAISE_FADE_MM, SKIN_OFFSET_MM, clearing_skin_offset, edge_weight,
@@ -176,6 +183,107 @@ def test_typical_level_takes_the_rician_bias_out():
     assert typical_level(rician(0.0), noise_floor=floor) == pytest.approx(0.0, abs=1.0)
     assert typical_level(rician(260.0), noise_floor=floor) == pytest.approx(260.0, rel=0.01)
     assert typical_level(np.array([1.0, 260.0, 500.0])) == 260.0
+
+
+def test_value_spread_is_the_sd_of_gaussian_values_and_ignores_outliers():
+    np.testing.assert_allclose(value_spread(np.array([1.0, 2.0, 3.0, 4.0, 100.0])), 1.4826)
+    values = 500.0 + 30.0 * np.random.default_rng(7).standard_normal(100_000)
+    assert value_spread(values) == pytest.approx(30.0, rel=0.02)
+
+
+def test_bordering_level_is_what_the_tissue_edges_meet_below_its_level():
+    """A bright cube in air at 0 whose faces meet brighter tissue, but for one that meets 100."""
+    volume = np.zeros((30, 30, 30), np.float32)
+    volume[9:21, 9:21, 9:21] = 900.0  # not darker than the tissue level: not counted
+    volume[9:21, 9:21, 20] = 100.0
+    volume[10:20, 10:20, 10:20] = 800.0
+    tissue = volume == 800.0
+    assert bordering_level(volume, tissue, 400.0) == 100.0
+    volume[12:18, 12:18, 12:18] = 0.0  # dark voxels within the tissue are none of its neighbours
+    assert bordering_level(volume, tissue, 400.0) == 100.0
+    floor = 30.0
+    assert bordering_level(volume, tissue, 400.0, noise_floor=floor) == pytest.approx(np.sqrt(100.0**2 - floor**2))
+    volume[9:21, 9:21, 20] = 900.0
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no median of nothing
+        assert np.isnan(bordering_level(volume, tissue, 400.0))  # nothing darker borders it
+
+
+def test_mean_run_length_is_the_thickness_of_slabs_across_them():
+    mask = np.zeros((20, 10, 12), bool)
+    mask[2:5] = True
+    mask[8:11] = True
+    np.testing.assert_allclose(mean_run_length(mask), [3.0, 10.0, 12.0])
+    mask[8:11, :, 6] = False  # one slab cut in two along the last axis
+    np.testing.assert_allclose(mean_run_length(mask)[2], (12 * 10 * 3 + 11 * 10 * 3) / (10 * 3 + 2 * 10 * 3))
+
+
+def test_gaussian_field_has_unit_sd_and_the_neighbour_correlation_of_its_width():
+    """White noise smoothed by a Gaussian of width s: neighbours correlate by exp(-1 / (4 s**2))."""
+    field = gaussian_field((64, 64, 64), (1.5, 0.0, 3.0), np.random.default_rng(8))
+    assert field.dtype == np.float32 and float(field.std()) == pytest.approx(1.0, rel=1e-3)
+    for axis, width in ((0, 1.5), (2, 3.0)):
+        a, b = np.moveaxis(field, axis, 0)[:-1], np.moveaxis(field, axis, 0)[1:]
+        assert float(np.corrcoef(a.ravel(), b.ravel())[0, 1]) == pytest.approx(np.exp(-1.0 / (4 * width**2)), abs=0.02)
+    assert abs(float(np.corrcoef(field[:, :-1].ravel(), field[:, 1:].ravel())[0, 1])) < 0.02  # white along axis 1
+
+
+@pytest.mark.parametrize("share", [0.3, 0.5, 0.7])
+def test_dark_patches_have_the_share_and_the_bright_runs_asked_for(share):
+    """Rice's formula: the bright tissue between the patches comes in runs of the given length."""
+    runs = np.array([4.0, 6.0, 9.0])
+    weight = np.ones((96, 96, 96), np.float32)
+    dark = dark_patches(weight, runs, share, np.random.default_rng(9))
+    assert float(dark.mean()) == pytest.approx(share, abs=0.03)
+    np.testing.assert_allclose(mean_run_length(~dark), runs, rtol=0.1)
+    np.testing.assert_allclose(patch_widths(runs, 0.5), runs / (np.pi * np.sqrt(2.0)))
+
+
+def test_dark_patches_thin_out_with_their_weight():
+    weight = np.zeros((64, 64, 64), np.float32)
+    weight[:, :, 32:] = 0.5
+    weight[:, :, 48:] = 1.0
+    dark = dark_patches(weight, (5.0, 5.0, 5.0), 0.6, np.random.default_rng(10))
+    assert not dark[:, :, :32].any()
+    assert float(dark[:, :, 32:48].mean()) == pytest.approx(0.3, abs=0.05)
+    assert float(dark[:, :, 48:].mean()) == pytest.approx(0.6, abs=0.05)
+    assert not dark_patches(np.zeros((8, 8, 8), np.float32), (5.0, 5.0, 5.0), 0.6, np.random.default_rng(0)).any()
+
+
+def _patchy_roughness(share, model, amplitude, seed):
+    """Roughness of the bright voxels of flat tissue (800) with dark patches (50), re-measured."""
+    weight = np.ones((64, 64, 64), np.float32)
+    bright = ~dark_patches(weight, (5.0, 5.0, 5.0), share, np.random.default_rng(seed))
+    tissue = np.where(bright, np.float32(800.0), np.float32(50.0))
+    noisy = add_noise(tissue, model, np.random.default_rng(seed + 1), bright.astype(np.float32), amplitude=amplitude)
+    inside = np.zeros(bright.shape, bool)
+    inside[1:-1, 1:-1, 1:-1] = True
+    return local_noise_sd(noisy, inside & bright)
+
+
+@pytest.mark.parametrize("kind", ["gaussian", "rician"])
+def test_dark_patch_share_gives_flat_tissue_the_roughness_its_noise_cannot(kind):
+    """Noise of SD 40 gives flat tissue a roughness of 40; the patches make up the rest."""
+    amplitude = 40.0
+    half = _patchy_roughness(0.5, NoiseModel(10.0, kind, (0.0, 0.0, 0.0), 0.0), amplitude, seed=11)
+    assert half > 2 * amplitude
+    model = NoiseModel(sigma=10.0, kind=kind, correlation_voxels=(0.0, 0.0, 0.0), tissue_roughness=half)
+    share = dark_patch_share(800.0, 50.0, (5.0, 5.0, 5.0), amplitude, model, np.random.default_rng(12))
+    assert share == pytest.approx(0.5, abs=0.05)
+    smoother = dataclasses.replace(model, tissue_roughness=0.8 * half)
+    assert dark_patch_share(800.0, 50.0, (5.0, 5.0, 5.0), amplitude, smoother, np.random.default_rng(12)) < share - 0.1
+    as_noise = dataclasses.replace(model, tissue_roughness=amplitude)
+    assert dark_patch_share(800.0, 50.0, (5.0, 5.0, 5.0), amplitude, as_noise, np.random.default_rng(12)) < 0.05
+
+
+def test_noise_of_a_given_amplitude_is_not_calibrated():
+    model = NoiseModel(sigma=4.0, kind="gaussian", correlation_voxels=(0.0, 0.0, 0.0), tissue_roughness=200.0)
+    signal = np.full((40, 40, 40), 500.0, np.float32)
+    share = np.ones(signal.shape, np.float32)
+    share[:20] = 0.0
+    noisy = add_noise(signal, model, np.random.default_rng(13), share, share > 0, amplitude=25.0)
+    assert float(np.std(noisy[20:])) == pytest.approx(25.0, rel=0.03)
+    assert float(np.std(noisy[:20])) == pytest.approx(4.0, rel=0.03)
 
 
 def test_field_of_view_depth_is_the_distance_to_the_nearest_face_of_the_grid():

@@ -10,6 +10,9 @@ map may be non-monotonic (fat is bright in T1w and T2w, CSF only in T2w).
 from __future__ import annotations
 
 import numpy as np
+from scipy import ndimage as ndi
+
+from .geometry import bounding_box
 
 MIN_SAMPLES_PER_BIN = 30
 # The skin, as a profile across it: from this far inside to this far outside (mm).
@@ -120,6 +123,34 @@ def typical_level(values: np.ndarray, *, noise_floor: float = 0.0) -> float:
     """
     typical = float(np.median(values))
     return float(np.sqrt(max(typical**2 - noise_floor**2, 0.0))) if noise_floor else typical
+
+
+def bordering_level(volume: np.ndarray, tissue: np.ndarray, below: float, *, noise_floor: float = 0.0) -> float:
+    """Noise-free typical value of what the edges of ``tissue`` meet, darker than ``below``.
+
+    Parameters
+    ----------
+    volume : (I, J, K) ndarray
+        Intensities.
+    tissue : (I, J, K) bool ndarray
+        The tissue whose edges are meant.
+    below : float
+        Neighbours at or above this intensity are not counted (the tissue's own level).
+    noise_floor : float
+        As in ``typical_level``.
+
+    Returns
+    -------
+    float
+        ``typical_level`` of the voxels 6-connected to ``tissue``, outside it and darker
+        than ``below``; NaN if there are none.
+    """
+    box = bounding_box(tissue, margin=1)
+    inside = tissue[box]
+    bordering = ndi.binary_dilation(inside) & ~inside & (volume[box] < below)
+    if not bordering.any():
+        return float("nan")
+    return typical_level(volume[box][bordering], noise_floor=noise_floor)
 
 
 def skin_profile_weight(skin_distance: np.ndarray) -> np.ndarray:

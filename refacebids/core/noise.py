@@ -9,6 +9,12 @@ neighbouring voxels correlated).
 For noise made by Gaussian filtering of white noise with width ``s`` voxels, the
 correlation of neighbours is ``rho = exp(-1 / (4 s**2))``; that is how ``s`` is recovered
 from the measured neighbour correlation and used to synthesise the same texture.
+
+Not all of a tissue's roughness is noise: noise spreads a tissue's values as widely as
+it makes the tissue rough, and a tissue rougher than its values are spread has edges
+against darker tissue (a FLAIR's thin fat among skin and muscle as dark as the air).
+That part is drawn as edges: dark patches in the tissue (``dark_patches``), as many as
+give its roughness (``dark_patch_share``).
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ from functools import partial
 
 import numpy as np
 from scipy import ndimage as ndi
+from scipy.special import ndtr, ndtri
 
 from ..utils.threads import in_parallel, in_slabs
 from .geometry import bounding_box
@@ -29,6 +36,9 @@ SOFTENING_VOXELS = 1.5  # Gaussian width that takes drawn anatomy down to a face
 GAUSSIAN_TRUNCATE = 3.0  # ndimage's radius of a Gaussian: int(truncate * sigma + 0.5) voxels
 CALIBRATION_STEPS = 4  # secant steps for the noise amplitude (two reach 0.5 % on real heads)
 RAYLEIGH_MEDIAN = float(np.sqrt(2.0 * np.log(2.0)))  # median of Rayleigh(sigma) / sigma
+PATCH_CALIBRATION_VOXELS = 48  # side of the flat tissue on which dark patches are calibrated
+PATCH_CALIBRATION_STEPS = 8  # bisection steps for their share (to within 0.002)
+MAX_DARK_SHARE = 0.9  # beyond it the bright tissue between the patches is no more than specks
 
 
 @dataclass
@@ -139,13 +149,21 @@ def estimate_noise(volume: np.ndarray, air: np.ndarray, tissue: np.ndarray, thre
 
 def correlated_noise(shape: tuple, model: NoiseModel, rng: np.random.Generator) -> np.ndarray:
     """Zero-mean, unit-SD Gaussian noise with the model's spatial correlation."""
-    return _correlated(rng.standard_normal(shape, dtype=np.float32), model)
+    return gaussian_field(shape, model.correlation_voxels, rng)
 
 
-def _correlated(white: np.ndarray, model: NoiseModel) -> np.ndarray:
-    if not any(model.correlation_voxels):
+def gaussian_field(shape: tuple, widths, rng: np.random.Generator) -> np.ndarray:
+    """(I, J, K) float32 zero-mean, unit-SD white noise smoothed by a Gaussian of ``widths``.
+
+    ``widths`` (3,) are the Gaussian's SDs in voxels along each axis (all 0: white noise).
+    """
+    return _smoothed(rng.standard_normal(shape, dtype=np.float32), widths)
+
+
+def _smoothed(white: np.ndarray, widths) -> np.ndarray:
+    if not any(widths):
         return white
-    smooth = ndi.gaussian_filter(white, model.correlation_voxels)
+    smooth = ndi.gaussian_filter(white, widths)
     return smooth / max(float(smooth.std()), 1e-12)
 
 
@@ -241,6 +259,7 @@ def add_noise(
     rng: np.random.Generator,
     roughness_share: np.ndarray,
     region: np.ndarray | None = None,
+    amplitude: float | None = None,
     threads: int = 1,
 ) -> np.ndarray:
     """Noise-free (I, J, K) ``signal`` with the image's noise added.
@@ -251,12 +270,13 @@ def add_noise(
     (same shape, bool: the drawn tissue), the tissue amplitude is the one with which the
     noisy signal there has the tissue's roughness, as ``local_noise_sd`` measures it.
     Adding the roughnesses in quadrature instead overshoots: noise on a smooth padding
-    and on a skin edge do not add up the way two noises do. The real and imaginary
-    noises of a Rician model are correlated on ``threads`` at once.
+    and on a skin edge do not add up the way two noises do. Given ``amplitude``, that is
+    the tissue amplitude, and ``region`` and the model's roughness are not used. The real
+    and imaginary noises of a Rician model are correlated on ``threads`` at once.
     """
     # Drawn in turn, correlated at once: the same noise as drawing each in full in turn.
     whites = [rng.standard_normal(signal.shape, dtype=np.float32) for _ in range(2 if model.kind == "rician" else 1)]
-    correlated = in_parallel(threads, *(partial(_correlated, white, model) for white in whites))
+    correlated = in_parallel(threads, *(partial(_smoothed, white, model.correlation_voxels) for white in whites))
     real_noise, imaginary_noise = correlated[0], (correlated[1] if len(correlated) > 1 else None)
 
     def noisy(tissue_amplitude: float, where=np.s_[:]) -> np.ndarray:
@@ -267,6 +287,8 @@ def add_noise(
             return real
         return np.sqrt(real**2 + (amplitude * imaginary_noise[where]) ** 2)
 
+    if amplitude is not None:
+        return noisy(amplitude)
     roughness_per_unit = local_noise_sd(real_noise, np.ones(signal.shape, bool))
     amplitude = model.tissue_roughness / max(roughness_per_unit, 1e-6)
     if region is None or not region.any():
@@ -295,6 +317,125 @@ def add_noise(
         guess = float(min(guess, 4.0 * amplitude))
         points.append((guess, roughness(guess)))
     return noisy(points[-1][0])
+
+
+def value_spread(values: np.ndarray) -> float:
+    """How widely (N,) tissue ``values`` vary, noise included: 1.4826 median absolute deviations.
+
+    Noise of SD ``s`` on a uniform tissue spreads its values by ``s``: a tissue rougher
+    than its values are spread owes the rest of its roughness to edges, not to noise.
+    """
+    return float(MAD_TO_SD * np.median(np.abs(values - np.median(values))))
+
+
+def mean_run_length(mask: np.ndarray) -> np.ndarray:
+    """(3,) mean length in voxels of the runs of (I, J, K) bool ``mask`` along each axis.
+
+    How thick the mask's pieces are: a slab 3 voxels thick has runs of 3 across it.
+    """
+    inside = mask[bounding_box(mask)].astype(np.int8)
+    lengths = []
+    for axis in range(3):
+        along = np.moveaxis(inside, axis, 0)
+        runs = np.count_nonzero(along[0]) + np.count_nonzero(along[1:] > along[:-1])
+        lengths.append(np.count_nonzero(inside) / max(runs, 1))
+    return np.asarray(lengths, float)
+
+
+def patch_widths(run_length, dark_share: float) -> np.ndarray:
+    """(3,) widths (voxels) of the Gaussian field whose bright runs are ``run_length`` (3,) long.
+
+    The field is dark below its ``dark_share`` quantile ``t`` and bright above. By Rice's
+    formula, a unit Gaussian field smoothed by a Gaussian of width ``s`` crosses ``t``
+    upwards ``exp(-t**2 / 2) / (2 pi sqrt(2) s)`` times per voxel along an axis, so its
+    bright runs are ``(1 - dark_share) 2 pi sqrt(2) s exp(t**2 / 2)`` voxels long.
+    """
+    level = ndtri(dark_share)
+    per_width = (1.0 - dark_share) * 2.0 * np.pi * np.sqrt(2.0) * np.exp(level**2 / 2.0)
+    return np.asarray(run_length, float) / per_width
+
+
+def dark_patches(
+    weight: np.ndarray, run_length, dark_share: float, rng: np.random.Generator
+) -> np.ndarray:
+    """Where tissue is drawn dark, in random patches.
+
+    A Gaussian random field (``patch_widths``) is dark below its ``dark_share * weight``
+    quantile: where ``weight`` is 1, ``dark_share`` of the voxels are dark and the bright
+    tissue between them comes in runs of ``run_length`` voxels along each axis; towards
+    ``weight`` 0 the dark patches thin out, without intermediate values.
+
+    Parameters
+    ----------
+    weight : (I, J, K) ndarray
+        0 to 1: how far the patches apply (0: none).
+    run_length : (3,) array_like
+        Mean length (voxels) of the bright runs along each axis where ``weight`` is 1.
+    dark_share : float
+        Share of dark voxels where ``weight`` is 1, in (0, 1).
+    rng : numpy.random.Generator
+
+    Returns
+    -------
+    (I, J, K) bool ndarray
+    """
+    dark = np.zeros(weight.shape, bool)
+    where = weight > 0
+    if not where.any():
+        return dark
+    box = bounding_box(where)
+    field = gaussian_field(weight[box].shape, patch_widths(run_length, dark_share), rng)
+    dark[box][where[box]] = ndtr(field[where[box]]) < dark_share * weight[box][where[box]]
+    return dark
+
+
+def dark_patch_share(
+    bright: float,
+    dark: float,
+    run_length,
+    amplitude: float,
+    model: NoiseModel,
+    rng: np.random.Generator,
+) -> float:
+    """Share of dark patches that gives bright tissue the model's roughness.
+
+    Calibrated by bisection on a flat tissue with ``dark_patches``, its noise drawn as
+    ``add_noise`` draws it (``amplitude`` on the bright tissue, the air's on the dark).
+    Its roughness (``local_noise_sd`` of the bright voxels) grows with the share, as more
+    of the bright voxels have dark neighbours.
+
+    Parameters
+    ----------
+    bright, dark : float
+        Noise-free values of the tissue and of its patches.
+    run_length : (3,) array_like
+        Mean length (voxels) of the bright runs along each axis.
+    amplitude : float
+        Noise amplitude on the bright tissue.
+    model : NoiseModel
+        The image's noise; ``tissue_roughness`` is the roughness to reach.
+    rng : numpy.random.Generator
+
+    Returns
+    -------
+    float
+        The share, at most ``MAX_DARK_SHARE`` (when even that is not rough enough); near
+        0 when the noise alone is as rough.
+    """
+    shape = (PATCH_CALIBRATION_VOXELS,) * 3
+    inside = np.zeros(shape, bool)
+    inside[1:-1, 1:-1, 1:-1] = True  # the grid's border has no neighbours beyond it
+    low, high = 0.0, MAX_DARK_SHARE
+    for _ in range(PATCH_CALIBRATION_STEPS):
+        share = 0.5 * (low + high)
+        is_bright = ~dark_patches(np.ones(shape, np.float32), run_length, share, rng)
+        tissue = np.where(is_bright, np.float32(bright), np.float32(dark))
+        noisy = add_noise(tissue, model, rng, is_bright.astype(np.float32), amplitude=amplitude)
+        if local_noise_sd(noisy, inside & is_bright) < model.tissue_roughness:
+            low = share
+        else:
+            high = share
+    return 0.5 * (low + high)
 
 
 def feather(original: np.ndarray, signal: np.ndarray, noisy: np.ndarray, weight: np.ndarray) -> np.ndarray:

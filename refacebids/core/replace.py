@@ -21,9 +21,12 @@ from scipy import ndimage as ndi
 from . import warp
 from .geometry import bounding_box, distance_mm, world_to_voxel
 from .intensity import (
-    apply_intensity_map, fit_intensity_map, fit_skin_profile, skin_profile_weight, typical_level,
+    apply_intensity_map, bordering_level, fit_intensity_map, fit_skin_profile, skin_profile_weight, typical_level,
 )
-from .noise import NoiseModel, add_noise, estimate_noise, feather, local_noise_sd, soften_structure
+from .noise import (
+    NoiseModel, add_noise, dark_patch_share, dark_patches, estimate_noise, feather, local_noise_sd,
+    mean_run_length, soften_structure, value_spread,
+)
 from .surface import signed_depth
 
 # From nonlinear (edge) to head-affine placement (interior). Narrow: whatever follows
@@ -52,6 +55,9 @@ RAISE_FADE_MM = 10.0
 FOV_CLEARANCE_MM = 4.0  # the new skin stays this far inside the image's field of view
 SEAM_MM = 3.0  # intensity feathering into the kept tissue
 SMOOTH_SKIN_MM = 1.5  # scanner noise only this near the new skin; full texture twice as deep
+# Dark patches are anatomy, not noise: drawn from a generator of their own with this seed,
+# so that every volume of a 4D image has the same ones.
+PATCH_SEED = 0
 TRAINING_REACH_MM = 25.0  # air around the head used to learn the contrast
 WRAP_SIGNAL_DILATION_MM = 4.0
 
@@ -294,7 +300,9 @@ def reface_volume(
         Their signed distance to the image's skin (mm, negative inside).
     air, tissue : (I, J, K) bool ndarray
         Regions to measure the noise in (see ``estimate_noise``); ``tissue``, the face
-        before refacing, also gives the typical value that fills the raised face.
+        before refacing, also gives the typical value that fills the raised face and,
+        where it is rougher than its values are spread, what its edges meet and how long
+        its runs are (the dark patches of the new face).
     seam : (N,) ndarray
         Weight of the new value (feathering at the edge).
     tissue_level : float
@@ -316,9 +324,8 @@ def reface_volume(
     signal = np.zeros(in_box.shape, np.float32)
     distances, profile = fit_skin_profile(volume[scalp], scalp_skin_distance, noise_floor=noise.floor)
     near_skin = skin_profile_weight(new_skin_distance)
-    beneath = np.where(
-        padding, typical_level(volume[tissue], noise_floor=noise.floor), apply_intensity_map(template_at_voxels, levels, mapped)
-    )
+    face_level = typical_level(volume[tissue], noise_floor=noise.floor)
+    beneath = np.where(padding, face_level, apply_intensity_map(template_at_voxels, levels, mapped))
     signal[in_box] = near_skin * np.interp(new_skin_distance, distances, profile) + (1.0 - near_skin) * beneath
     # The tissue's roughness is texture as much as noise; within a few millimetres of
     # the new skin only the scanner's noise applies, or the skin would turn lumpy.
@@ -326,15 +333,37 @@ def reface_volume(
     roughness[in_box] = np.clip(signal[in_box] / max(tissue_level, 1e-6), 0.0, 1.0) * np.clip(
         (-new_skin_distance - SMOOTH_SKIN_MM) / SMOOTH_SKIN_MM, 0.0, 1.0
     )
-    # The drawn anatomy has some roughness of its own, at places more than the face had;
-    # the noise makes up the rest. Matched where old and new face are both tissue, to the
-    # old face's roughness there; inside by a voxel, as a box residual at the region's
-    # edge would see the unfilled grid beyond it.
+    # The drawn anatomy has some roughness of its own, at places more than the face had.
     drawn = soften_structure(signal, in_box, noise.tissue_roughness, roughness, threads)
-    both = (drawn > tissue_level) & ndi.binary_erosion(in_box) & tissue[box]
-    face_roughness = local_noise_sd(volume[box], both)
-    target = dataclasses.replace(noise, tissue_roughness=face_roughness) if np.isfinite(face_roughness) else noise
-    noisy = add_noise(drawn, target, rng, roughness, both, threads)
+    # Noise spreads a tissue's values as widely as it makes the tissue rough: a face
+    # rougher than its values are spread owes the rest to its tissue's edges against
+    # darker tissue (in a FLAIR, fat in layers and lobules among skin and muscle as dark
+    # as the air). As noise, that roughness would spread the new face's values far wider
+    # than the old face's; it is drawn as edges instead: beneath the new skin's profile,
+    # patches of what the face's edges meet, between bright runs as long as the face's
+    # own, and as many as give the face's roughness. The noise then spreads the values
+    # as widely as the face's are spread.
+    spread = value_spread(volume[tissue])
+    rougher_than_spread = noise.tissue_roughness > spread
+    dark = bordering_level(volume, tissue, tissue_level, noise_floor=noise.floor) if rougher_than_spread else np.nan
+    if np.isfinite(dark):
+        runs = mean_run_length(tissue)
+        anatomy_rng = np.random.default_rng(PATCH_SEED)
+        share = dark_patch_share(face_level, dark, runs, spread, noise, anatomy_rng)
+        beneath_profile = np.zeros(in_box.shape, np.float32)
+        beneath_profile[in_box] = 1.0 - near_skin
+        patches = dark_patches(np.where(drawn > tissue_level, beneath_profile, 0.0), runs, share, anatomy_rng)
+        drawn = np.where(patches, np.float32(dark), drawn)
+        roughness = np.where(patches, np.float32(0.0), roughness)  # dark tissue: the scanner's noise
+        noisy = add_noise(drawn, noise, rng, roughness, amplitude=spread, threads=threads)
+    else:
+        # The noise makes up the rest of the roughness. Matched where old and new face are
+        # both tissue, to the old face's roughness there; inside by a voxel, as a box
+        # residual at the region's edge would see the unfilled grid beyond it.
+        both = (drawn > tissue_level) & ndi.binary_erosion(in_box) & tissue[box]
+        face_roughness = local_noise_sd(volume[box], both)
+        target = dataclasses.replace(noise, tissue_roughness=face_roughness) if np.isfinite(face_roughness) else noise
+        noisy = add_noise(drawn, target, rng, roughness, both, threads=threads)
     original = volume[replaced]
     # Feathered into the image's tissue, never into its air: new tissue faded towards
     # the air that was in front of the old skin would leave a dark cleft there, and the
