@@ -448,6 +448,31 @@ def test_labels_read_off_the_working_grid_are_those_the_transform_carries():
     assert np.mean(labels[labelled] == resampled[labelled]) > 0.999
 
 
+def test_template_images_sampled_at_template_coordinates_are_what_ants_resamples():
+    """The registration check's view of the registered template, without antspyx:
+    linear for the head, nearest for the labels, as ANTs resamples them."""
+    import ants
+
+    template = load_template()
+    shape = (70, 80, 75)
+    affine = nib.affines.from_matvec(np.diag([2.0, 2.0, 2.0]), [-70.0, -80.0, -90.0])
+    transform = ants.create_ants_transform(transform_type="AffineTransform", dimension=3)
+    transform.set_parameters(np.r_[(nib.eulerangles.euler2mat(0.1, 0.05) * 0.97).ravel(), [2.0, 5.0, -4.0]])
+    composite = str(Path(tempfile.mkdtemp()) / "tpl2img.mat")
+    ants.write_transform(transform, composite)
+    coords = warp.template_coordinates(shape, affine, template, composite)
+    reference = to_ants(np.zeros(shape, np.float32), affine)
+    for image_file, order, interpolator in [(template.t1w, 1, "linear"), (template.dseg, 0, "nearestNeighbor")]:
+        theirs = ants.apply_transforms(reference, ants.image_read(str(image_file)), [composite],
+                                       interpolator=interpolator).numpy()
+        ours = warp.template_image_at(image_file, coords, order=order)
+        assert np.count_nonzero(ours) > 0.1 * ours.size
+        if order:
+            np.testing.assert_allclose(ours, theirs, atol=1e-3 * float(np.abs(theirs).max()))
+        else:
+            assert np.mean(ours == theirs) > 0.999
+
+
 def test_independent_parts_run_on_the_threads_given_and_return_in_order():
     import threading
 

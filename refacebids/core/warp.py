@@ -200,6 +200,31 @@ def _template_brain_distance(brain_mask_file: str) -> tuple[np.ndarray, np.ndarr
     return distance, brain_img.affine
 
 
+def template_image_at(image_file, coords: np.ndarray, *, order: int = 1, outside: float = 0.0) -> np.ndarray:
+    """(...) float32 values of a template-space image at template coordinates ``coords`` (..., 3).
+
+    Interpolated as ITK resamples (``order`` 1 linear, 0 nearest): within half a voxel
+    beyond the image's outer voxel centres the edge holds, further out the value is
+    ``outside``.
+    """
+    values, affine = _template_image(str(image_file))
+    index = world_to_voxel(coords.reshape(-1, 3), affine)
+    size = np.asarray(values.shape, np.float32)
+    beyond = np.any((index < -0.5) | (index > size - 0.5), axis=-1)
+    sampled = ndi.map_coordinates(values, index.T, order=order, mode="nearest").astype(np.float32)
+    sampled[beyond] = outside
+    return sampled.reshape(coords.shape[:-1])
+
+
+@lru_cache(maxsize=8)
+def _template_image(image_file: str) -> tuple[np.ndarray, np.ndarray]:
+    """(X, Y, Z) float32 values of a template-space image, and its affine."""
+    img = nib.load(image_file)
+    values = np.asanyarray(img.dataobj).astype(np.float32)
+    values.flags.writeable = False  # shared by every call in the process
+    return values, img.affine
+
+
 def template_coordinates(shape: tuple, affine: np.ndarray, template, composite: str) -> np.ndarray:
     """(I, J, K, 3) float32 template world coordinates (mm) of every voxel of a grid.
 
