@@ -149,6 +149,17 @@ def test_registration_accepted(refaced, case):
     assert record["ok"], record
 
 
+def test_register_node_refuses_a_failed_registration(tmp_path, monkeypatch):
+    """The graph's register node stops the image's refacing with the check's figures."""
+    from refacebids.interfaces.reface import RegisterTemplate
+
+    failed = {"ok": False, "head_dice": 0.85, "peak_ratio": 1.02}
+    monkeypatch.setattr(RegisterTemplate, "_register", lambda self, out_dir: failed)
+    node = RegisterTemplate(in_file=str(DATA / CASES["ixi049_T1w"][0]), template="MNI152EXT")
+    with pytest.raises(engine.RegistrationFailed, match=r"scalp overlap 0\.85 is not a peak: 1\.02 < 1\.15"):
+        node.run(cwd=str(tmp_path))
+
+
 def test_misregistration_is_flagged(refaced):
     """The registered template is a peak of scalp overlap; the same template 15 mm off is not."""
     import ants

@@ -14,6 +14,7 @@ from nipype.interfaces.base import (
 )
 
 from .. import engine
+from ..core.registration import MIN_PEAK_RATIO
 from ..templates import load_template
 from ..utils.memory import reuse_freed_memory
 from ..utils.threads import use_itk_threads
@@ -52,7 +53,7 @@ class RegisterTemplate(SimpleInterface):
         if not record["ok"]:
             raise engine.RegistrationFailed(
                 f"template registration failed (scalp overlap {record['head_dice']:.2f} is not "
-                f"a peak: {record['peak_ratio']:.2f} < {engine.MIN_PEAK_RATIO} of the overlap "
+                f"a peak: {record['peak_ratio']:.2f} < {MIN_PEAK_RATIO} of the overlap "
                 f"8 mm off); not refaced"
             )
         self._results["composite"] = record["composite"]
