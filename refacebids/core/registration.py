@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
+from scipy import ndimage as ndi
 
 from ..utils.threads import use_itk_threads
 from .geometry import ants_affine, distance_mm, resample_aligned, to_ants, working_reference
@@ -26,12 +27,27 @@ WORKING_RESOLUTION_MM = 2.0
 # skin by a median 0.2-0.9 mm on four real heads, less than a different random seed did
 # on two of them (1.7 mm), and saved ~6 s.
 SYN_ITERATIONS = (40, 10, 0)
-# A registration is reported as failed, not used, unless its scalp overlap beats that
-# of the same template moved 8 mm along any axis by this factor: correct registrations
-# reached 1.37-1.95 on real and simulated heads of every contrast (T1w, T2w, PD, T2*,
-# FLAIR, PET, CT), the same template moved 15 mm and turned 10 degrees 0.43-0.88 (a CT
-# whose cranium is out of view, refused at 1.02: up to 1.00).
+# A registration is reported as failed, not used, unless its overlap with the image
+# (SCALP or EDGES, below) beats that of the same template moved 8 mm along any axis by
+# this factor: correct registrations reached 1.37-1.95 on real and simulated heads of
+# every contrast (T1w, T2w, PD, T2*, FLAIR, PET, CT), the same template moved 15 mm and
+# turned 10 degrees 0.43-0.88.
 MIN_PEAK_RATIO = 1.15
+# What the check overlaps (chosen by the BIDS suffix, refacebids.modalities):
+# - SCALP: the scalp shell over the cranium, which every contrast shows, where facial
+#   soft tissue may not (cranium_overlap);
+# - EDGES: the image's strongest intensity edges wherever the template covers it
+#   (edge_overlap), for CT, which shows the face, the skull base and the airways sharply.
+#   A CT of the skull base and face has too little cranium for the scalp: what is left
+#   of it is nearly a cylinder, which a probe moved 8 mm along it fits as well.
+SCALP, EDGES = "scalp", "edges"
+# Edges are the voxels with the EDGE_SHARE steepest intensity gradients of the region
+# scored, after Gaussian smoothing of one working voxel (the finest detail the
+# registration sees).
+EDGE_SMOOTHING_MM = WORKING_RESOLUTION_MM
+EDGE_SHARE = 0.10
+# Template value of image voxels that map beyond the template's grid (its head is >= 0).
+OUTSIDE_TEMPLATE = -1.0
 CRANIUM_MM = 25.0
 SHELL_MM = 8.0
 PROBE_MM = 8.0
@@ -45,13 +61,20 @@ DARK_SKIN_MM = (0.0, 2.0, 4.0)
 
 @dataclass
 class RegistrationResult:
-    """The template -> image transform (ITK composite .h5) and the quality of the fit."""
+    """The template -> image transform (ITK composite .h5) and the quality of the fit.
+
+    ``overlap`` names what the check scored (``SCALP`` or ``EDGES``); ``head_dice`` is
+    the scalp overlap's Dice and ``edge_dice`` the edges', each ``None`` when the check
+    scored the other; ``peak_ratio`` is that of ``overlap``.
+    """
 
     composite: str
     similarity: float
-    head_dice: float
+    head_dice: float | None
     peak_ratio: float
     ok: bool
+    overlap: str = SCALP
+    edge_dice: float | None = None
     settings: dict = field(default_factory=dict)
 
     def as_dict(self) -> dict:
@@ -94,6 +117,7 @@ def register_template(
     *,
     seed: int = 42,
     threads: int = 1,
+    overlap: str = SCALP,
 ) -> RegistrationResult:
     """Register the template head to an image.
 
@@ -111,6 +135,8 @@ def register_template(
         Random seed of the metric sampling, for reproducible results.
     threads : int
         ITK threads.
+    overlap : {SCALP, EDGES}
+        What the registration check overlaps (:func:`registration_quality`).
 
     Returns
     -------
@@ -150,7 +176,7 @@ def register_template(
     composite = deformable["fwdtransforms"]
     return RegistrationResult(
         composite=composite,
-        **registration_quality(fixed, template_file, composite, deformable["warpedmovout"]),
+        **registration_quality(fixed, template_file, composite, deformable["warpedmovout"], overlap=overlap),
         settings={
             "software": f"antspyx {ants.__version__}",
             "stages": ["Rigid", "Affine", "SyN"],
@@ -165,8 +191,8 @@ def register_template(
     )
 
 
-def registration_quality(fixed, template_file: str, composite: str, warped=None) -> dict:
-    """Similarity, scalp overlap and verdict of a template -> image transform.
+def registration_quality(fixed, template_file: str, composite, warped=None, *, overlap: str = SCALP) -> dict:
+    """Similarity, overlap and verdict of a template -> image transform.
 
     Parameters
     ----------
@@ -174,31 +200,51 @@ def registration_quality(fixed, template_file: str, composite: str, warped=None)
         The working image (:func:`working_image`).
     template_file : str
         The template head registered.
-    composite : str
-        Template -> image transform.
+    composite : str or list of str
+        Template -> image transform (or transforms, in ``ants.apply_transforms`` order).
     warped : ants.ANTsImage, optional
         The template already resampled onto ``fixed`` through ``composite``.
+    overlap : {SCALP, EDGES}
+        What is overlapped: the scalp over the cranium (:func:`cranium_overlap`) or the
+        strongest edges (:func:`edge_overlap`).
 
     Returns
     -------
     dict
-        ``similarity`` (mutual information, lower is better), ``head_dice``,
-        ``peak_ratio`` (see :func:`cranium_overlap`) and ``ok``.
+        ``similarity`` (mutual information, lower is better), ``overlap``,
+        ``head_dice`` and ``edge_dice`` (the one not scored is ``None``), ``peak_ratio``
+        and ``ok``.
     """
     import ants
 
+    transforms = _transform_list(composite)
     if warped is None:
-        warped = ants.apply_transforms(fixed, ants.image_read(str(template_file)), [composite])
-    dice, peak_ratio = cranium_overlap(fixed, warped, template_file, composite)
+        warped = ants.apply_transforms(fixed, ants.image_read(str(template_file)), transforms)
+    head_dice = edge_dice = None
+    if overlap == EDGES:
+        # Resampled again, to tell where the template's grid ends (the registration's
+        # own resampling writes 0 there, as in the template's air).
+        values = ants.apply_transforms(fixed, ants.image_read(str(template_file)), transforms,
+                                       defaultvalue=OUTSIDE_TEMPLATE).numpy()
+        covered = values > 0.5 * OUTSIDE_TEMPLATE
+        voxel_to_physical = np.asarray(fixed.direction) * np.asarray(fixed.spacing)
+        edge_dice, peak_ratio = edge_overlap(fixed.numpy(), np.where(covered, values, 0.0), covered,
+                                             voxel_to_physical)
+    elif overlap == SCALP:
+        head_dice, peak_ratio = cranium_overlap(fixed, warped, template_file, transforms)
+    else:
+        raise ValueError(f"unknown registration overlap {overlap!r}")
     return {
         "similarity": float(ants.image_mutual_information(fixed, warped)),
-        "head_dice": dice,
+        "overlap": overlap,
+        "head_dice": head_dice,
+        "edge_dice": edge_dice,
         "peak_ratio": peak_ratio,
         "ok": bool(peak_ratio >= MIN_PEAK_RATIO),
     }
 
 
-def cranium_overlap(fixed, warped, template_file, composite: str) -> tuple[float, float]:
+def cranium_overlap(fixed, warped, template_file, composite) -> tuple[float, float]:
     """How well the registered template's scalp meets the image's, over the cranium.
 
     Returns the Dice of the two scalp shells and its ratio to the best Dice reached
@@ -216,15 +262,15 @@ def cranium_overlap(fixed, warped, template_file, composite: str) -> tuple[float
     nothing from it.
     """
     import ants
-    from scipy import ndimage as ndi
 
     from .warp import FOREHEAD, TISSUE_LABELS
 
     folder = Path(template_file).parent
     dseg = ants.image_read(str(next(folder.glob("*_desc-reface_dseg.nii*"))))
     brain = ants.image_read(str(next(folder.glob("*_desc-brain_mask.nii*"))))
-    labels = ants.apply_transforms(fixed, dseg, [composite], interpolator="nearestNeighbor").numpy()
-    near_brain = ants.apply_transforms(fixed, brain, [composite], interpolator="linear").numpy()
+    transforms = _transform_list(composite)
+    labels = ants.apply_transforms(fixed, dseg, transforms, interpolator="nearestNeighbor").numpy()
+    near_brain = ants.apply_transforms(fixed, brain, transforms, interpolator="linear").numpy()
     spacing = tuple(fixed.spacing)
     distance = distance_mm(near_brain < 0.5, spacing)
     facial = np.isin(labels, [t for t in TISSUE_LABELS if t != FOREHEAD])
@@ -237,14 +283,123 @@ def cranium_overlap(fixed, warped, template_file, composite: str) -> tuple[float
     # fraction of the cost, and a continuous shift (a moved mask would snap to voxels).
     voxel_to_physical = np.asarray(fixed.direction) * np.asarray(spacing)
     probes = []
-    for axis in range(3):
-        for sign in (-1, 1):
-            shift = np.zeros(3)
-            shift[axis] = sign * PROBE_MM
-            voxels = np.linalg.solve(voxel_to_physical, shift)
-            moved = ndi.shift(template_depth, voxels, order=1, mode="constant", cval=1e6)
-            probes.append(_dice(image_shell, _shell(moved + dark) & cranium))
+    for voxels in probe_shifts(voxel_to_physical):
+        moved = ndi.shift(template_depth, voxels, order=1, mode="constant", cval=1e6)
+        probes.append(_dice(image_shell, _shell(moved + dark) & cranium))
     return dice, dice / max(max(probes), 1e-6)
+
+
+def edge_overlap(image: np.ndarray, template: np.ndarray, covered: np.ndarray,
+                 voxel_to_physical: np.ndarray) -> tuple[float, float]:
+    """How well the registered template's strongest edges meet the image's.
+
+    Edges are the ``EDGE_SHARE`` of the scored voxels with the steepest intensity
+    gradient (:func:`steepest_share`), in the image and in the template alike, so that
+    their Dice does not depend on either's contrast. A CT of the skull base and face
+    has edges facing every way (skin of the nose, lips and chin, palate, orbits, skull
+    base, airways) where its cranium, nearly a cylinder, has none facing up or down.
+
+    Parameters
+    ----------
+    image : (I, J, K) ndarray
+        The working image.
+    template : (I, J, K) ndarray
+        The registered template on the same grid (anything, e.g. 0, outside ``covered``).
+    covered : (I, J, K) bool ndarray
+        Where the template's grid reaches.
+    voxel_to_physical : (3, 3) ndarray
+        The grid's direction times its spacing (mm per voxel step).
+
+    Returns
+    -------
+    dice : float
+        Dice of the two edge sets.
+    peak_ratio : float
+        ``dice`` over the best Dice of the template moved by ``PROBE_MM`` along any axis
+        (:func:`probe_shifts`). Both 0 when no voxel can be scored (the check refuses).
+
+    Notes
+    -----
+    Only voxels that every probe sees under the template are scored
+    (:func:`probe_region`): a probe moved towards an edge of the field of view or of
+    the template's grid is scored on the same voxels as the registration.
+    """
+    spacing = np.linalg.norm(voxel_to_physical, axis=0)
+    region = probe_region(covered, spacing)
+    if not region.any():
+        return 0.0, 0.0
+    image_edges = steepest_share(gradient_magnitude(image, spacing), region)
+    template_gradient = gradient_magnitude(template, spacing)
+    level = np.quantile(template_gradient[region], 1.0 - EDGE_SHARE)
+    dice = _dice(image_edges, (template_gradient > level) & region)
+    probes = [
+        _dice(image_edges, (ndi.shift(template_gradient, voxels, order=1, mode="nearest") > level) & region)
+        for voxels in probe_shifts(voxel_to_physical)
+    ]
+    return dice, dice / max(max(probes), 1e-6)
+
+
+def probe_shifts(voxel_to_physical: np.ndarray) -> np.ndarray:
+    """(6, 3) voxel shifts moving an image by ``PROBE_MM`` along -x, +x, -y, +y, -z and +z.
+
+    Parameters
+    ----------
+    voxel_to_physical : (3, 3) ndarray
+        The grid's direction times its spacing (columns: mm per step along each voxel axis).
+
+    >>> probe_shifts(np.diag([2.0, 2.0, 4.0]))[5].tolist()  # +z: two 4 mm voxels
+    [0.0, 0.0, 2.0]
+    """
+    physical = np.repeat(np.eye(3), 2, axis=0) * np.tile([-PROBE_MM, PROBE_MM], 3)[:, None]
+    return np.linalg.solve(voxel_to_physical, physical.T).T
+
+
+def probe_region(covered: np.ndarray, spacing) -> np.ndarray:
+    """(I, J, K) bool: voxels every probe sees under the template, away from the artefacts
+    of its grid's edge.
+
+    At least ``PROBE_MM`` inside the grid, and ``PROBE_MM`` plus twice
+    ``EDGE_SMOOTHING_MM`` inside ``covered`` ((I, J, K) bool, where the template's grid
+    reaches): the smoothed gradient sees the step to the value outside the template's
+    grid that far, and a probe carries it ``PROBE_MM`` further in.
+    """
+    spacing = np.asarray(spacing, float)
+    inside = distance_mm(covered, spacing) > PROBE_MM + 2.0 * EDGE_SMOOTHING_MM
+    margin = np.ceil(PROBE_MM / spacing - 1e-6).astype(int)
+    away_from_grid_edge = np.zeros(covered.shape, bool)
+    away_from_grid_edge[tuple(slice(m, n - m) for m, n in zip(margin, covered.shape))] = True
+    return inside & away_from_grid_edge
+
+
+def gradient_magnitude(volume: np.ndarray, spacing) -> np.ndarray:
+    """(I, J, K) float32 length of the intensity gradient (per mm) of an (I, J, K) volume,
+    smoothed by a Gaussian of ``EDGE_SMOOTHING_MM``; ``spacing`` (3,) in mm."""
+    spacing = np.asarray(spacing, float)
+    sigma = EDGE_SMOOTHING_MM / spacing
+    volume = np.asarray(volume, np.float32)
+    squared = np.zeros(volume.shape, np.float32)
+    for axis in range(3):
+        order = [0, 0, 0]
+        order[axis] = 1
+        derivative = ndi.gaussian_filter(volume, sigma, order=order) / np.float32(spacing[axis])
+        squared += derivative * derivative
+    return np.sqrt(squared)
+
+
+def steepest_share(gradient: np.ndarray, region: np.ndarray) -> np.ndarray:
+    """(I, J, K) bool: the ``EDGE_SHARE`` of ``region``'s voxels with the largest
+    ``gradient`` (both (I, J, K)); ties at the cut-off are left out.
+
+    >>> steepest_share(np.arange(20.0).reshape(20, 1, 1), np.ones((20, 1, 1), bool)).ravel().nonzero()[0].tolist()
+    [18, 19]
+    """
+    level = np.quantile(gradient[region], 1.0 - EDGE_SHARE)
+    return (gradient > level) & region
+
+
+def _transform_list(composite) -> list:
+    """The transform files of ``composite`` (one file, or a list of them) as ANTs takes them."""
+    return [composite] if isinstance(composite, (str, Path)) else list(composite)
 
 
 def _shell(depth: np.ndarray) -> np.ndarray:
