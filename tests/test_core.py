@@ -383,14 +383,28 @@ def _blobs(shape=(64, 64, 56), seed: int = 3) -> np.ndarray:
     return volume
 
 
-def test_probe_shifts_move_an_image_by_the_probe_distance_along_each_world_axis():
-    from refacebids.core.registration import PROBE_MM, probe_shifts
+def test_probes_move_the_template_by_the_probe_distance_back_and_forth_along_each_grid_axis():
+    from refacebids.core.registration import PROBE_MM, probe_steps
 
-    direction = nib.eulerangles.euler2mat(0.4, -0.2, 0.3)
-    voxel_to_physical = direction @ np.diag([0.9, 3.2, 2.0])
-    moved = voxel_to_physical @ probe_shifts(voxel_to_physical).T
-    np.testing.assert_allclose(moved.T, PROBE_MM * np.array(
-        [[-1, 0, 0], [1, 0, 0], [0, -1, 0], [0, 1, 0], [0, 0, -1], [0, 0, 1]]), atol=1e-9)
+    spacing = (0.9, 3.2, 2.0)
+    moves = np.zeros((6, 3))
+    for row, (axis, steps) in enumerate(probe_steps(spacing)):
+        moves[row, axis] = steps * spacing[axis]
+    np.testing.assert_allclose(moves, PROBE_MM * np.array(
+        [[-1, 0, 0], [1, 0, 0], [0, -1, 0], [0, 1, 0], [0, 0, -1], [0, 0, 1]]))
+
+
+def test_a_volume_shifted_along_an_axis_is_what_ndimage_shift_gives():
+    from refacebids.core.geometry import shifted_along
+
+    volume = np.random.default_rng(2).normal(size=(17, 19, 23)).astype(np.float32)
+    for axis in range(3):
+        for steps in (-7.9, -2.5, 0.0, 1.0, 3.3, 30.0):
+            shift = np.zeros(3)
+            shift[axis] = steps
+            expected = ndi.shift(volume, shift, order=1, mode="constant", cval=-5.0)
+            np.testing.assert_allclose(shifted_along(volume, axis, steps, outside=-5.0), expected,
+                                       atol=1e-5, err_msg=f"axis {axis}, {steps} steps")
 
 
 def test_gradient_magnitude_is_per_mm_whatever_the_voxel_size():
@@ -432,16 +446,16 @@ def test_edge_overlap_confirms_the_registered_template_and_refuses_it_moved():
     from refacebids.core.registration import edge_overlap
 
     volume = _blobs()
-    voxel_to_physical = np.diag([2.0, 2.0, 2.0])
+    spacing = (2.0, 2.0, 2.0)
     covered = np.ones(volume.shape, bool)
-    dice, ratio = edge_overlap(volume, volume * 0.5 + 10, covered, voxel_to_physical)  # any contrast
+    dice, ratio = edge_overlap(volume, volume * 0.5 + 10, covered, spacing)  # any contrast
     assert dice == 1.0 and ratio >= 1.5
     for axis in range(3):
         for sign in (-1, 1):
             shift = np.zeros(3)
             shift[axis] = sign * 15.0 / 2.0  # 15 mm
             moved = ndi.shift(volume, shift, order=1, mode="nearest")
-            assert edge_overlap(volume, moved, covered, voxel_to_physical)[1] < 1.0, shift
+            assert edge_overlap(volume, moved, covered, spacing)[1] < 1.0, shift
 
 
 def test_the_end_of_the_template_grid_is_no_edge_of_the_template():
@@ -452,7 +466,7 @@ def test_the_end_of_the_template_grid_is_no_edge_of_the_template():
     volume = _blobs()
     covered = np.zeros(volume.shape, bool)
     covered[:, :, :40] = True
-    dice, ratio = edge_overlap(volume, np.where(covered, volume, 0.0), covered, np.diag([2.0, 2.0, 2.0]))
+    dice, ratio = edge_overlap(volume, np.where(covered, volume, 0.0), covered, (2.0, 2.0, 2.0))
     assert dice == 1.0 and ratio >= 1.5
 
 
@@ -464,10 +478,10 @@ def test_edge_overlap_cannot_confirm_a_registration_along_a_cylinder():
     i, j, _ = np.indices((64, 64, 56), dtype=np.float32) - 31.5
     cylinder = np.where(i**2 + j**2 < 24**2, 100.0, 0.0).astype(np.float32)
     covered = np.ones(cylinder.shape, bool)
-    dice, ratio = edge_overlap(cylinder, cylinder, covered, np.diag([2.0, 2.0, 2.0]))
+    dice, ratio = edge_overlap(cylinder, cylinder, covered, (2.0, 2.0, 2.0))
     assert dice == 1.0 and ratio == pytest.approx(1.0, abs=0.02) and ratio < MIN_PEAK_RATIO
     # Nor do the ends of the template's grid across the cylinder, which probes moved
     # along it would carry into the scored voxels as edges the image does not have.
     covered[:, :, :12] = covered[:, :, 44:] = False
-    dice, ratio = edge_overlap(cylinder, np.where(covered, cylinder, 0.0), covered, np.diag([2.0, 2.0, 2.0]))
+    dice, ratio = edge_overlap(cylinder, np.where(covered, cylinder, 0.0), covered, (2.0, 2.0, 2.0))
     assert dice == 1.0 and ratio == pytest.approx(1.0, abs=0.02)

@@ -17,7 +17,7 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from ..utils.threads import use_itk_threads
-from .geometry import ants_affine, distance_mm, resample_aligned, to_ants, working_reference
+from .geometry import ants_affine, distance_mm, resample_aligned, shifted_along, to_ants, working_reference
 from .surface import head_mask, signed_depth
 
 RIGID_RESOLUTION_MM = 4.0
@@ -227,9 +227,8 @@ def registration_quality(fixed, template_file: str, composite, warped=None, *, o
         values = ants.apply_transforms(fixed, ants.image_read(str(template_file)), transforms,
                                        defaultvalue=OUTSIDE_TEMPLATE).numpy()
         covered = values > 0.5 * OUTSIDE_TEMPLATE
-        voxel_to_physical = np.asarray(fixed.direction) * np.asarray(fixed.spacing)
         edge_dice, peak_ratio = edge_overlap(fixed.numpy(), np.where(covered, values, 0.0), covered,
-                                             voxel_to_physical)
+                                             fixed.spacing)
     elif overlap == SCALP:
         head_dice, peak_ratio = cranium_overlap(fixed, warped, template_file, transforms)
     else:
@@ -281,16 +280,14 @@ def cranium_overlap(fixed, warped, template_file, composite) -> tuple[float, flo
     dice, dark = max(dices), DARK_SKIN_MM[int(np.argmax(dices))]
     # The probes move the template's signed depth, not its image: the same overlap for a
     # fraction of the cost, and a continuous shift (a moved mask would snap to voxels).
-    voxel_to_physical = np.asarray(fixed.direction) * np.asarray(spacing)
     probes = []
-    for voxels in probe_shifts(voxel_to_physical):
-        moved = ndi.shift(template_depth, voxels, order=1, mode="constant", cval=1e6)
+    for axis, steps in probe_steps(spacing):
+        moved = shifted_along(template_depth, axis, steps, outside=1e6)
         probes.append(_dice(image_shell, _shell(moved + dark) & cranium))
     return dice, dice / max(max(probes), 1e-6)
 
 
-def edge_overlap(image: np.ndarray, template: np.ndarray, covered: np.ndarray,
-                 voxel_to_physical: np.ndarray) -> tuple[float, float]:
+def edge_overlap(image: np.ndarray, template: np.ndarray, covered: np.ndarray, spacing) -> tuple[float, float]:
     """How well the registered template's strongest edges meet the image's.
 
     Edges are the ``EDGE_SHARE`` of the scored voxels with the steepest intensity
@@ -307,8 +304,8 @@ def edge_overlap(image: np.ndarray, template: np.ndarray, covered: np.ndarray,
         The registered template on the same grid (anything, e.g. 0, outside ``covered``).
     covered : (I, J, K) bool ndarray
         Where the template's grid reaches.
-    voxel_to_physical : (3, 3) ndarray
-        The grid's direction times its spacing (mm per voxel step).
+    spacing : (3,) sequence
+        Voxel size (mm).
 
     Returns
     -------
@@ -316,7 +313,7 @@ def edge_overlap(image: np.ndarray, template: np.ndarray, covered: np.ndarray,
         Dice of the two edge sets.
     peak_ratio : float
         ``dice`` over the best Dice of the template moved by ``PROBE_MM`` along any axis
-        (:func:`probe_shifts`). Both 0 when no voxel can be scored (the check refuses).
+        (:func:`probe_steps`). Both 0 when no voxel can be scored (the check refuses).
 
     Notes
     -----
@@ -324,7 +321,7 @@ def edge_overlap(image: np.ndarray, template: np.ndarray, covered: np.ndarray,
     (:func:`probe_region`): a probe moved towards an edge of the field of view or of
     the template's grid is scored on the same voxels as the registration.
     """
-    spacing = np.linalg.norm(voxel_to_physical, axis=0)
+    spacing = np.asarray(spacing, float)
     region = probe_region(covered, spacing)
     if not region.any():
         return 0.0, 0.0
@@ -333,25 +330,24 @@ def edge_overlap(image: np.ndarray, template: np.ndarray, covered: np.ndarray,
     level = np.quantile(template_gradient[region], 1.0 - EDGE_SHARE)
     dice = _dice(image_edges, (template_gradient > level) & region)
     probes = [
-        _dice(image_edges, (ndi.shift(template_gradient, voxels, order=1, mode="nearest") > level) & region)
-        for voxels in probe_shifts(voxel_to_physical)
+        _dice(image_edges, (shifted_along(template_gradient, axis, steps, outside=0.0) > level) & region)
+        for axis, steps in probe_steps(spacing)
     ]
     return dice, dice / max(max(probes), 1e-6)
 
 
-def probe_shifts(voxel_to_physical: np.ndarray) -> np.ndarray:
-    """(6, 3) voxel shifts moving an image by ``PROBE_MM`` along -x, +x, -y, +y, -z and +z.
+def probe_steps(spacing) -> list[tuple[int, float]]:
+    """(axis, voxel steps) of the six probes: ``PROBE_MM`` back and forth along each axis
+    of a grid with voxel size ``spacing`` (3,) mm.
 
-    Parameters
-    ----------
-    voxel_to_physical : (3, 3) ndarray
-        The grid's direction times its spacing (columns: mm per step along each voxel axis).
+    Along the grid's axes, not the world's: the same probes where the two agree, as on
+    most images, and on an oblique grid as good a set of directions (a head lies at an
+    angle to both), for a shift that moves whole slabs (:func:`shifted_along`).
 
-    >>> probe_shifts(np.diag([2.0, 2.0, 4.0]))[5].tolist()  # +z: two 4 mm voxels
-    [0.0, 0.0, 2.0]
+    >>> probe_steps((2.0, 2.0, 4.0))[4:]
+    [(2, -2.0), (2, 2.0)]
     """
-    physical = np.repeat(np.eye(3), 2, axis=0) * np.tile([-PROBE_MM, PROBE_MM], 3)[:, None]
-    return np.linalg.solve(voxel_to_physical, physical.T).T
+    return [(axis, sign * PROBE_MM / float(spacing[axis])) for axis in range(3) for sign in (-1, 1)]
 
 
 def probe_region(covered: np.ndarray, spacing) -> np.ndarray:
