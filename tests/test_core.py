@@ -418,14 +418,14 @@ def test_gradient_magnitude_is_per_mm_whatever_the_voxel_size():
         np.testing.assert_allclose(interior, 3.0, rtol=0.02)
 
 
-def test_steepest_share_takes_the_top_of_the_region_only():
-    from refacebids.core.registration import EDGE_SHARE, steepest_share
+def test_edge_level_leaves_the_steepest_share_of_the_region_above_it():
+    from refacebids.core.registration import EDGE_SHARE, edge_level
 
     gradient = np.arange(1000.0).reshape(10, 10, 10)
     region = gradient < 500  # the steepest voxels of all lie outside it
-    edges = steepest_share(gradient, region)
-    assert edges.sum() == EDGE_SHARE * 500
-    assert gradient[edges].min() > np.quantile(gradient[region], 1 - EDGE_SHARE) and not edges[~region].any()
+    level = edge_level(gradient, region)
+    assert np.sum(gradient[region] > level) == EDGE_SHARE * 500
+    assert level == pytest.approx(449.1)
 
 
 def test_probe_region_keeps_clear_of_the_grid_edge_and_of_the_template_grid_edge():

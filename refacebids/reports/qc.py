@@ -24,7 +24,7 @@ from ..utils.provenance import PROVENANCE_KEY
 
 # The registration check refuses a fit whose overlap with the image (its scalp; a CT's
 # strongest edges) beats that of the template moved 8 mm by less than 1.15
-# (core.registration.MIN_PEAK_RATIO); correct fits reached 1.37-1.95 on real and
+# (core.registration.MIN_PEAK_RATIO); correct fits reached 1.36-1.95 on real and
 # simulated heads. A fit that passed by a small margin, or whose scalp overlap is low,
 # deserves a look.
 SUSPECT_PEAK_RATIO = 1.5
