@@ -70,7 +70,7 @@ def register_image(
     reference, template_head = modalities.registration_inputs(head, template, modality)
     result = register_template(
         reference, head.affine, template_head, str(out_dir / "tpl2img_"),
-        seed=seed, threads=threads,
+        seed=seed, threads=threads, overlap=modalities.registration_overlap(modality),
     )
     record = result.as_dict()
     (out_dir / "registration.json").write_text(json.dumps(record, indent=2))

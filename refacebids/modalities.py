@@ -10,6 +10,8 @@ step                      MRI                      PET (``pet``)                
 reference of a 4D image   mean of the volumes      mean weighted by             mean of the volumes
                                                    ``FrameDuration``
 registered image          the reference            ``log(1 + activity/scale)``  pseudo-T1w (core/ct.py)
+registration check        scalp over the cranium   scalp over the cranium       strongest edges (face,
+                                                                                skull base, airways)
 drawn template head       T1w                      T1w                          pseudo-CT (core/ct.py)
 skin threshold            half-way air to Otsu     the same on the log scale    the same, in HU
 noise of the new face     Rician or Gaussian       Gaussian, SD ~ sqrt(signal)  Gaussian, input HU range
@@ -28,6 +30,7 @@ import numpy as np
 
 from .core import ct, pet
 from .core.image import HeadImage, load_head_image
+from .core.registration import EDGES, SCALP
 from .core.replace import reface_volume
 from .core.surface import skin_threshold
 
@@ -50,6 +53,16 @@ def registration_inputs(head: HeadImage, template, modality: str):
     if modality == CT:
         return ct.pseudo_t1w(reference), str(template.t1w)
     return reference, str(template.t1w)
+
+
+def registration_overlap(modality: str) -> str:
+    """What the registration check overlaps (:func:`refacebids.core.registration.registration_quality`).
+
+    A CT shows the face, the skull base and the airways as sharply as the skin, and is
+    often cut to them (a CT of the sinuses, the face or the skull base): its strongest
+    edges. Any other image: the scalp over the cranium, which every contrast shows.
+    """
+    return EDGES if modality == CT else SCALP
 
 
 def replacement_template(template, modality: str, out_dir):

@@ -61,7 +61,8 @@ def register_through_anat(
     composite = compose_through(rigid.transform, str(anat_xfm),
                                 str(out_dir / "tpl2img_Composite.h5"))
 
-    quality = registration_quality(working_image(reference, head.affine), template_head, composite)
+    quality = registration_quality(working_image(reference, head.affine), template_head, composite,
+                                   overlap=modalities.registration_overlap(modality))
     anat_settings = {
         **rigid.settings,
         "anat_file": Path(anat_file).name,
@@ -80,8 +81,8 @@ def register_through_anat(
                                        modality=modality, frame_durations=frame_durations)
         record["settings"] = {**record["settings"], "path": "own", "anat": anat_settings}
         record["warnings"] = [
-            f"registration through {Path(anat_file).name} failed its check (scalp overlap "
-            f"{quality['peak_ratio']:.2f} times that 8 mm off, below {MIN_PEAK_RATIO}); the image "
+            f"registration through {Path(anat_file).name} failed its check ({quality['overlap']} "
+            f"overlap {quality['peak_ratio']:.2f} times that 8 mm off, below {MIN_PEAK_RATIO}); the image "
             "was registered on its own"
         ]
     (out_dir / "registration.json").write_text(json.dumps(record, indent=2))

@@ -87,6 +87,68 @@ def engine_outcome(in_file, result: dict, work: Path) -> dict:
     }
 
 
+# The registration moved as a whole (labels and brain too) the way a failed one would
+# be: 15 mm along each axis of the world, and as much with a 10 degree turn about another
+# axis through the registered brain's centre. Turns alone (no shift) are measured too.
+MISREGISTRATION_MM = 15.0
+MISREGISTRATION_DEGREES = 10.0
+
+
+def misregistration_peak_ratios(in_file, modality: str, composite: str, work: Path,
+                                frame_durations=None) -> dict[str, float]:
+    """The registration check's peak ratio of the engine's registration moved rigidly.
+
+    Returns
+    -------
+    dict
+        Move name -> peak ratio, ``"registered"`` first; the check's own overlap for
+        ``modality`` (:func:`refacebids.modalities.registration_overlap`). Names:
+        ``"shift +x"`` (15 mm along world +x, LPS), ``"shift -y turn z"`` (and turned about
+        z), ``"turn z"`` (turned only).
+    """
+    import ants
+
+    from refacebids import modalities
+    from refacebids.core.registration import registration_quality, working_image
+    from refacebids.templates import load_template
+
+    template = load_template()
+    head = modalities.load(in_file, modality, frame_durations)
+    reference, template_head = modalities.registration_inputs(head, template, modality)
+    fixed = working_image(reference, head.affine)
+    overlap = modalities.registration_overlap(modality)
+    brain = ants.apply_transforms(fixed, ants.image_read(str(template.brain_mask)), [composite]).numpy()
+    voxel_to_physical = np.asarray(fixed.direction) * np.asarray(fixed.spacing)
+    centre = np.asarray(fixed.origin) + voxel_to_physical @ np.argwhere(brain > 0.5).mean(axis=0)
+
+    def moved(name: str, shift_axis=None, sign: int = 1, turn_axis=None) -> str:
+        shift = np.zeros(3)
+        if shift_axis is not None:
+            shift[shift_axis] = sign * MISREGISTRATION_MM
+        rotation = np.eye(3)
+        if turn_axis is not None:
+            a, b = [axis for axis in range(3) if axis != turn_axis]
+            angle = np.deg2rad(sign * MISREGISTRATION_DEGREES)
+            rotation[[a, a, b, b], [a, b, a, b]] = np.cos(angle), -np.sin(angle), np.sin(angle), np.cos(angle)
+        transform = ants.create_ants_transform(transform_type="AffineTransform", dimension=3,
+                                               matrix=rotation, translation=tuple(shift),
+                                               center=tuple(centre))
+        path = work / f"{name.replace(' ', '_')}.mat"
+        ants.write_transform(transform, str(path))
+        return str(path)
+
+    moves = {"registered": [composite]}
+    for axis, letter in enumerate("xyz"):
+        for sign in (-1, 1):
+            moves[f"shift {'-+'[sign > 0]}{letter}"] = [composite, moved(f"s{axis}{sign}", axis, sign)]
+            turn = (axis + 1) % 3
+            moves[f"shift {'-+'[sign > 0]}{letter} turn {'xyz'[turn]}"] = [
+                composite, moved(f"st{axis}{sign}", axis, sign, turn)]
+            moves[f"turn {'-+'[sign > 0]}{letter}"] = [composite, moved(f"t{axis}{sign}", None, sign, axis)]
+    return {name: registration_quality(fixed, template_head, transforms, overlap=overlap)["peak_ratio"]
+            for name, transforms in moves.items()}
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _real_data():
     if not T1W_A.exists():

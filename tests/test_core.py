@@ -519,3 +519,121 @@ def test_joined_head_mask_encloses_dark_bone_under_a_patchy_fat_ring():
     # A convex head is its own closing.
     ball = np.where(radius < 41.0, 500.0, 20.0).astype(np.float32)
     assert np.array_equal(head_mask(ball, ZOOMS, threshold=150.0, join_mm=8.0), head_mask(ball, ZOOMS, threshold=150.0))
+
+
+def _blobs(shape=(64, 64, 56), seed: int = 3) -> np.ndarray:
+    """(I, J, K) float32 structure facing every way: 40 overlapping balls of random
+    intensity (radius 3-8 voxels), like the tissues of a face and skull base."""
+    rng = np.random.default_rng(seed)
+    grid = np.indices(shape, dtype=np.float32)
+    volume = np.zeros(shape, np.float32)
+    for _ in range(40):
+        centre = rng.uniform(8, np.asarray(shape) - 8)
+        radius = rng.uniform(3, 8)
+        inside = ((grid - centre[:, None, None, None]) ** 2).sum(axis=0) < radius**2
+        volume[inside] = rng.uniform(20, 200)
+    return volume
+
+
+def test_probes_move_the_template_by_the_probe_distance_back_and_forth_along_each_grid_axis():
+    from refacebids.core.registration import PROBE_MM, probe_steps
+
+    spacing = (0.9, 3.2, 2.0)
+    moves = np.zeros((6, 3))
+    for row, (axis, steps) in enumerate(probe_steps(spacing)):
+        moves[row, axis] = steps * spacing[axis]
+    np.testing.assert_allclose(moves, PROBE_MM * np.array(
+        [[-1, 0, 0], [1, 0, 0], [0, -1, 0], [0, 1, 0], [0, 0, -1], [0, 0, 1]]))
+
+
+def test_a_volume_shifted_along_an_axis_is_what_ndimage_shift_gives():
+    from refacebids.core.geometry import shifted_along
+
+    volume = np.random.default_rng(2).normal(size=(17, 19, 23)).astype(np.float32)
+    for axis in range(3):
+        for steps in (-7.9, -2.5, 0.0, 1.0, 3.3, 30.0):
+            shift = np.zeros(3)
+            shift[axis] = steps
+            expected = ndi.shift(volume, shift, order=1, mode="constant", cval=-5.0)
+            np.testing.assert_allclose(shifted_along(volume, axis, steps, outside=-5.0), expected,
+                                       atol=1e-5, err_msg=f"axis {axis}, {steps} steps")
+
+
+def test_gradient_magnitude_is_per_mm_whatever_the_voxel_size():
+    from refacebids.core.registration import gradient_magnitude
+
+    spacing = (2.0, 3.2, 1.5)
+    for axis in range(3):
+        ramp = 3.0 * spacing[axis] * np.indices((24, 24, 24), dtype=np.float32)[axis]  # 3 per mm
+        interior = gradient_magnitude(ramp, spacing)[8:-8, 8:-8, 8:-8]
+        # 2 % : scipy's sampled derivative of a Gaussian narrower than a voxel (3.2 mm)
+        np.testing.assert_allclose(interior, 3.0, rtol=0.02)
+
+
+def test_edge_level_leaves_the_steepest_share_of_the_region_above_it():
+    from refacebids.core.registration import EDGE_SHARE, edge_level
+
+    gradient = np.arange(1000.0).reshape(10, 10, 10)
+    region = gradient < 500  # the steepest voxels of all lie outside it
+    level = edge_level(gradient, region)
+    assert np.sum(gradient[region] > level) == EDGE_SHARE * 500
+    assert level == pytest.approx(449.1)
+
+
+def test_probe_region_keeps_clear_of_the_grid_edge_and_of_the_template_grid_edge():
+    from refacebids.core.registration import EDGE_SMOOTHING_MM, PROBE_MM, probe_region
+
+    spacing = (2.0, 2.0, 4.0)
+    covered = np.ones((40, 40, 30), bool)
+    covered[:, :, 20:] = False  # the template's grid ends above k = 19
+    region = probe_region(covered, spacing)
+    k = np.flatnonzero(region.any(axis=(0, 1)))
+    assert k[0] * spacing[2] >= PROBE_MM and k[0] * spacing[2] < PROBE_MM + spacing[2]
+    assert (20 - k[-1]) * spacing[2] > PROBE_MM + 2 * EDGE_SMOOTHING_MM
+    i = np.flatnonzero(region.any(axis=(1, 2)))
+    assert i[0] * spacing[0] >= PROBE_MM and (39 - i[-1]) * spacing[0] >= PROBE_MM
+
+
+def test_edge_overlap_confirms_the_registered_template_and_refuses_it_moved():
+    from refacebids.core.registration import edge_overlap
+
+    volume = _blobs()
+    spacing = (2.0, 2.0, 2.0)
+    covered = np.ones(volume.shape, bool)
+    dice, ratio = edge_overlap(volume, volume * 0.5 + 10, covered, spacing)  # any contrast
+    assert dice == 1.0 and ratio >= 1.5
+    for axis in range(3):
+        for sign in (-1, 1):
+            shift = np.zeros(3)
+            shift[axis] = sign * 15.0 / 2.0  # 15 mm
+            moved = ndi.shift(volume, shift, order=1, mode="nearest")
+            assert edge_overlap(volume, moved, covered, spacing)[1] < 1.0, shift
+
+
+def test_the_end_of_the_template_grid_is_no_edge_of_the_template():
+    """A template that covers part of the image only (its grid ends) scores the same
+    edges as one that covers all of it, where it covers the image."""
+    from refacebids.core.registration import edge_overlap
+
+    volume = _blobs()
+    covered = np.zeros(volume.shape, bool)
+    covered[:, :, :40] = True
+    dice, ratio = edge_overlap(volume, np.where(covered, volume, 0.0), covered, (2.0, 2.0, 2.0))
+    assert dice == 1.0 and ratio >= 1.5
+
+
+def test_edge_overlap_cannot_confirm_a_registration_along_a_cylinder():
+    """A cut field of view whose only structure is a cylinder (a cranium without its top
+    or base): a template moved along the axis fits as well, and the check refuses."""
+    from refacebids.core.registration import MIN_PEAK_RATIO, edge_overlap
+
+    i, j, _ = np.indices((64, 64, 56), dtype=np.float32) - 31.5
+    cylinder = np.where(i**2 + j**2 < 24**2, 100.0, 0.0).astype(np.float32)
+    covered = np.ones(cylinder.shape, bool)
+    dice, ratio = edge_overlap(cylinder, cylinder, covered, (2.0, 2.0, 2.0))
+    assert dice == 1.0 and ratio == pytest.approx(1.0, abs=0.02) and ratio < MIN_PEAK_RATIO
+    # Nor do the ends of the template's grid across the cylinder, which probes moved
+    # along it would carry into the scored voxels as edges the image does not have.
+    covered[:, :, :12] = covered[:, :, 44:] = False
+    dice, ratio = edge_overlap(cylinder, np.where(covered, cylinder, 0.0), covered, (2.0, 2.0, 2.0))
+    assert dice == 1.0 and ratio == pytest.approx(1.0, abs=0.02)

@@ -27,7 +27,7 @@ from refacebids.core.warp import FACE, PROTECTED
 from refacebids.templates import load_template
 
 from . import measures
-from .conftest import DATA, engine_outcome
+from .conftest import DATA, engine_outcome, misregistration_peak_ratios
 from .simulate import simulate_flair, simulate_t2star
 
 MOVED_SHARE = 0.90
@@ -138,8 +138,24 @@ def _values(img) -> np.ndarray:
 @pytest.mark.parametrize("case", _cases("test_registration_accepted"))
 def test_registration_accepted(refaced, case):
     record = refaced(case)["registration"]
-    print(f"{case}: peak ratio {record['peak_ratio']:.2f}")
+    print(f"{case}: {record['overlap']} overlap peak ratio {record['peak_ratio']:.2f}")
     assert record["ok"], record
+
+
+def test_register_node_refuses_a_failed_registration(tmp_path, monkeypatch):
+    """The graph's register node stops the image's refacing with the check's figures."""
+    from refacebids.interfaces.reface import RegisterTemplate
+
+    records = {
+        r"scalp overlap 0\.85 is not a peak: 1\.02 < 1\.15": {"ok": False, "head_dice": 0.85, "peak_ratio": 1.02},
+        r"edges overlap 0\.31 is not a peak: 1\.04 < 1\.15": {
+            "ok": False, "overlap": "edges", "head_dice": None, "edge_dice": 0.31, "peak_ratio": 1.04},
+    }
+    for message, failed in records.items():
+        monkeypatch.setattr(RegisterTemplate, "_register", lambda self, out_dir, failed=failed: failed)
+        node = RegisterTemplate(in_file=str(DATA / CASES["ixi049_T1w"][0]), template="MNI152EXT")
+        with pytest.raises(engine.RegistrationFailed, match=message):
+            node.run(cwd=str(tmp_path))
 
 
 def test_misregistration_is_flagged(refaced):
@@ -161,6 +177,20 @@ def test_misregistration_is_flagged(refaced):
         moved = ants.resample_image_to_target(moved, fixed)
         _, ratio = cranium_overlap(fixed, moved, str(template.t1w), composite)
         assert ratio < MIN_PEAK_RATIO, shift
+
+
+@pytest.mark.slow
+def test_misregistration_moved_as_a_whole_is_refused(refaced, tmp_path):
+    """The registration moved as a whole (labels too) 15 mm along any axis, with or
+    without a 10 degree turn, fails the check; turns alone are printed (see conftest)."""
+    from refacebids.core.registration import MIN_PEAK_RATIO
+
+    result = refaced("ixi049_T1w")
+    ratios = misregistration_peak_ratios(result["in"].get_filename(), "T1w",
+                                         result["registration"]["composite"], tmp_path)
+    print("ixi049_T1w: " + ", ".join(f"{name} {ratio:.2f}" for name, ratio in ratios.items()))
+    assert ratios.pop("registered") >= MIN_PEAK_RATIO
+    assert all(ratio < MIN_PEAK_RATIO for name, ratio in ratios.items() if name.startswith("shift")), ratios
 
 
 @pytest.mark.parametrize("case", _cases("test_header_and_storage_preserved"))

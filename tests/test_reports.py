@@ -190,6 +190,12 @@ def test_flag_reasons_from_provenance():
         "intensity match: distance nan above 0.5"]
     assert flag_reasons(provenance(registration={"ok": False})) == [
         "registration suspect: the registration check failed"]
+    # A CT's check overlaps its edges: their Dice is no scalp Dice, and only the peak
+    # ratio of a passing fit can call for a look.
+    edges = {**PASSING["registration"], "overlap": "edges", "head_dice": None, "edge_dice": 0.45}
+    assert flag_reasons(provenance(registration={**edges, "peak_ratio": 1.6})) == []
+    assert flag_reasons(provenance(registration={**edges, "peak_ratio": 1.3})) == [
+        "registration suspect: edges overlap 0.45 (Dice), 1.30 times that 8 mm off (look below 1.5)"]
 
 
 @pytest.mark.parametrize("layout", ["derivatives", "release"])

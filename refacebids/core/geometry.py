@@ -163,3 +163,25 @@ def working_grid(shape: tuple, affine: np.ndarray, resolution: float) -> tuple[t
     lps[:3, :3] = direction * coarse_spacing
     lps[:3, 3] = origin
     return coarse_shape, RAS_TO_LPS @ lps
+
+
+def shifted_along(volume: np.ndarray, axis: int, steps: float, outside: float) -> np.ndarray:
+    """(I, J, K) float32: the (I, J, K) ``volume`` moved by ``steps`` voxels along ``axis``,
+    by linear interpolation; ``outside`` where the moved volume has no value.
+
+    What ``scipy.ndimage.shift(volume, shift, order=1, mode="constant", cval=outside)``
+    gives for a shift along one axis, 5-10 times faster: two slabs interpolated instead
+    of eight neighbours at every voxel.
+    """
+    volume = np.asarray(volume, np.float32)
+    n = volume.shape[axis]
+    source = np.arange(n) - steps  # where each output voxel's value comes from
+    low = np.clip(np.floor(source), 0, n - 1).astype(np.intp)
+    high = np.minimum(low + 1, n - 1)
+    weight = np.clip(source - low, 0.0, 1.0).astype(np.float32)
+    out = np.take(volume, low, axis=axis)
+    out += weight.reshape([-1 if a == axis else 1 for a in range(volume.ndim)]) * (
+        np.take(volume, high, axis=axis) - out)
+    beyond = (source < 0) | (source > n - 1)
+    out[(slice(None),) * axis + (beyond,)] = outside
+    return out

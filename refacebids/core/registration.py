@@ -16,9 +16,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
+from scipy import ndimage as ndi
 
 from ..utils.threads import use_itk_threads
-from .geometry import distance_mm, itk_affine, resample_aligned, to_ants, working_grid
+from .geometry import distance_mm, itk_affine, resample_aligned, shifted_along, to_ants, working_grid
 from .surface import head_mask, signed_depth
 
 WORKING_RESOLUTION_MM = 2.0
@@ -65,12 +66,30 @@ STAGES = (
     Stage("Affine[0.25]", ",Regular,0.2", iterations=(2100, 1200, 1200), shrink=(4, 2, 2), smoothing=(3, 2, 1)),
     Stage("SyN[0.2,3,0]", "", iterations=(40, 10), shrink=(4, 2), smoothing=(2, 1), convergence="1e-7,8"),
 )
-# A registration is reported as failed, not used, unless its scalp overlap beats that
-# of the same template moved 8 mm along any axis by this factor: correct registrations
-# reached 1.37-1.95 on real and simulated heads of every contrast (T1w, T2w, PD, T2*,
-# FLAIR, PET, CT), the same template moved 15 mm and turned 10 degrees 0.43-0.88 (a CT
-# whose cranium is out of view, refused at 1.02: up to 1.00).
+# A registration is reported as failed, not used, unless its overlap with the image
+# (SCALP or EDGES, below) beats that of the same template moved 8 mm along any axis by
+# this factor: correct registrations reached 1.36-1.95 on real and simulated heads of
+# every contrast (T1w, T2w, PD, T2*, FLAIR, PET; CT on its edges 1.49-1.80), the
+# registration moved as a whole by 15 mm along an axis 0.41-1.04, and by as much with a
+# 10 degree turn 0.43-0.93 (IXI049 T1w, vtk and mricrogl CT). The probes are shifts: a
+# turn alone, about the brain's centre, is seen only about an axis the head is far from
+# round about (IXI049 T1w: 1.13-1.63, vtk CT 0.60-1.12, mricrogl CT 0.83-1.44).
 MIN_PEAK_RATIO = 1.15
+# What the check overlaps (chosen by the BIDS suffix, refacebids.modalities):
+# - SCALP: the scalp shell over the cranium, which every contrast shows, where facial
+#   soft tissue may not (cranium_overlap);
+# - EDGES: the image's strongest intensity edges wherever the template covers it
+#   (edge_overlap), for CT, which shows the face, the skull base and the airways sharply.
+#   A CT of the skull base and face has too little cranium for the scalp: what is left
+#   of it is nearly a cylinder, which a probe moved 8 mm along it fits as well.
+SCALP, EDGES = "scalp", "edges"
+# Edges are the voxels with the EDGE_SHARE steepest intensity gradients of the region
+# scored, after Gaussian smoothing of one working voxel (the finest detail the
+# registration sees).
+EDGE_SMOOTHING_MM = WORKING_RESOLUTION_MM
+EDGE_SHARE = 0.10
+# Template value of image voxels that map beyond the template's grid (its head is >= 0).
+OUTSIDE_TEMPLATE = -1.0
 CRANIUM_MM = 25.0
 SHELL_MM = 8.0
 PROBE_MM = 8.0
@@ -84,13 +103,20 @@ DARK_SKIN_MM = (0.0, 2.0, 4.0)
 
 @dataclass
 class RegistrationResult:
-    """The template -> image transform (ITK composite .h5) and the quality of the fit."""
+    """The template -> image transform (ITK composite .h5) and the quality of the fit.
+
+    ``overlap`` names what the check scored (``SCALP`` or ``EDGES``); ``head_dice`` is
+    the scalp overlap's Dice and ``edge_dice`` the edges', each ``None`` when the check
+    scored the other; ``peak_ratio`` is that of ``overlap``.
+    """
 
     composite: str
     similarity: float
-    head_dice: float
+    head_dice: float | None
     peak_ratio: float
     ok: bool
+    overlap: str = SCALP
+    edge_dice: float | None = None
     settings: dict = field(default_factory=dict)
 
     def as_dict(self) -> dict:
@@ -118,6 +144,7 @@ def register_template(
     *,
     seed: int = 42,
     threads: int = 1,
+    overlap: str = SCALP,
 ) -> RegistrationResult:
     """Register the template head to an image.
 
@@ -136,6 +163,8 @@ def register_template(
         Random seed of the metric sampling, for reproducible results.
     threads : int
         ITK threads.
+    overlap : {SCALP, EDGES}
+        What the registration check overlaps (:func:`registration_quality`).
 
     Returns
     -------
@@ -160,7 +189,7 @@ def register_template(
     composite = f"{out_prefix}Composite.h5"
     return RegistrationResult(
         composite=composite,
-        **registration_quality(fixed, template_file, composite),
+        **registration_quality(fixed, template_file, composite, overlap=overlap),
         settings={
             "software": f"antspyx {ants.__version__}",
             "stages": ["Rigid", "Affine", "SyN"],
@@ -176,8 +205,8 @@ def register_template(
     )
 
 
-def registration_quality(fixed, template_file: str, composite: str, warped=None) -> dict:
-    """Similarity, scalp overlap and verdict of a template -> image transform.
+def registration_quality(fixed, template_file: str, composite, warped=None, *, overlap: str = SCALP) -> dict:
+    """Similarity, overlap and verdict of a template -> image transform.
 
     Parameters
     ----------
@@ -185,31 +214,50 @@ def registration_quality(fixed, template_file: str, composite: str, warped=None)
         The working image (:func:`working_image`).
     template_file : str
         The template head registered.
-    composite : str
-        Template -> image transform.
+    composite : str or list of str
+        Template -> image transform (or transforms, in ``ants.apply_transforms`` order).
     warped : ants.ANTsImage, optional
         The template already resampled onto ``fixed`` through ``composite``.
+    overlap : {SCALP, EDGES}
+        What is overlapped: the scalp over the cranium (:func:`cranium_overlap`) or the
+        strongest edges (:func:`edge_overlap`).
 
     Returns
     -------
     dict
-        ``similarity`` (mutual information, lower is better), ``head_dice``,
-        ``peak_ratio`` (see :func:`cranium_overlap`) and ``ok``.
+        ``similarity`` (mutual information, lower is better), ``overlap``,
+        ``head_dice`` and ``edge_dice`` (the one not scored is ``None``), ``peak_ratio``
+        and ``ok``.
     """
     import ants
 
+    transforms = _transform_list(composite)
     if warped is None:
-        warped = ants.apply_transforms(fixed, ants.image_read(str(template_file)), [composite])
-    dice, peak_ratio = cranium_overlap(fixed, warped, template_file, composite)
+        warped = ants.apply_transforms(fixed, ants.image_read(str(template_file)), transforms)
+    head_dice = edge_dice = None
+    if overlap == EDGES:
+        # Resampled again, to tell where the template's grid ends (the registration's
+        # own resampling writes 0 there, as in the template's air).
+        values = ants.apply_transforms(fixed, ants.image_read(str(template_file)), transforms,
+                                       defaultvalue=OUTSIDE_TEMPLATE).numpy()
+        covered = values > 0.5 * OUTSIDE_TEMPLATE
+        edge_dice, peak_ratio = edge_overlap(fixed.numpy(), np.where(covered, values, 0.0), covered,
+                                             fixed.spacing)
+    elif overlap == SCALP:
+        head_dice, peak_ratio = cranium_overlap(fixed, warped, template_file, transforms)
+    else:
+        raise ValueError(f"unknown registration overlap {overlap!r}")
     return {
         "similarity": float(ants.image_mutual_information(fixed, warped)),
-        "head_dice": dice,
+        "overlap": overlap,
+        "head_dice": head_dice,
+        "edge_dice": edge_dice,
         "peak_ratio": peak_ratio,
         "ok": bool(peak_ratio >= MIN_PEAK_RATIO),
     }
 
 
-def cranium_overlap(fixed, warped, template_file, composite: str) -> tuple[float, float]:
+def cranium_overlap(fixed, warped, template_file, composite) -> tuple[float, float]:
     """How well the registered template's scalp meets the image's, over the cranium.
 
     Returns the Dice of the two scalp shells and its ratio to the best Dice reached
@@ -227,15 +275,15 @@ def cranium_overlap(fixed, warped, template_file, composite: str) -> tuple[float
     nothing from it.
     """
     import ants
-    from scipy import ndimage as ndi
 
     from .warp import FOREHEAD, TISSUE_LABELS
 
     folder = Path(template_file).parent
     dseg = ants.image_read(str(next(folder.glob("*_desc-reface_dseg.nii*"))))
     brain = ants.image_read(str(next(folder.glob("*_desc-brain_mask.nii*"))))
-    labels = ants.apply_transforms(fixed, dseg, [composite], interpolator="nearestNeighbor").numpy()
-    near_brain = ants.apply_transforms(fixed, brain, [composite], interpolator="linear").numpy()
+    transforms = _transform_list(composite)
+    labels = ants.apply_transforms(fixed, dseg, transforms, interpolator="nearestNeighbor").numpy()
+    near_brain = ants.apply_transforms(fixed, brain, transforms, interpolator="linear").numpy()
     spacing = tuple(fixed.spacing)
     distance = distance_mm(near_brain < 0.5, spacing)
     facial = np.isin(labels, [t for t in TISSUE_LABELS if t != FOREHEAD])
@@ -246,16 +294,124 @@ def cranium_overlap(fixed, warped, template_file, composite: str) -> tuple[float
     dice, dark = max(dices), DARK_SKIN_MM[int(np.argmax(dices))]
     # The probes move the template's signed depth, not its image: the same overlap for a
     # fraction of the cost, and a continuous shift (a moved mask would snap to voxels).
-    voxel_to_physical = np.asarray(fixed.direction) * np.asarray(spacing)
     probes = []
-    for axis in range(3):
-        for sign in (-1, 1):
-            shift = np.zeros(3)
-            shift[axis] = sign * PROBE_MM
-            voxels = np.linalg.solve(voxel_to_physical, shift)
-            moved = ndi.shift(template_depth, voxels, order=1, mode="constant", cval=1e6)
-            probes.append(_dice(image_shell, _shell(moved + dark) & cranium))
+    for axis, steps in probe_steps(spacing):
+        moved = shifted_along(template_depth, axis, steps, outside=1e6)
+        probes.append(_dice(image_shell, _shell(moved + dark) & cranium))
     return dice, dice / max(max(probes), 1e-6)
+
+
+def edge_overlap(image: np.ndarray, template: np.ndarray, covered: np.ndarray, spacing) -> tuple[float, float]:
+    """How well the registered template's strongest edges meet the image's.
+
+    Edges are the ``EDGE_SHARE`` of the scored voxels with the steepest intensity
+    gradient (:func:`edge_level`), in the image and in the template alike, so that
+    their Dice does not depend on either's contrast; a probe keeps the registered
+    template's level, as it keeps its image. A CT of the skull base and face
+    has edges facing every way (skin of the nose, lips and chin, palate, orbits, skull
+    base, airways) where its cranium, nearly a cylinder, has none facing up or down.
+
+    Parameters
+    ----------
+    image : (I, J, K) ndarray
+        The working image.
+    template : (I, J, K) ndarray
+        The registered template on the same grid (anything, e.g. 0, outside ``covered``).
+    covered : (I, J, K) bool ndarray
+        Where the template's grid reaches.
+    spacing : (3,) sequence
+        Voxel size (mm).
+
+    Returns
+    -------
+    dice : float
+        Dice of the two edge sets.
+    peak_ratio : float
+        ``dice`` over the best Dice of the template moved by ``PROBE_MM`` along any axis
+        (:func:`probe_steps`). Both 0 when no voxel can be scored (the check refuses).
+
+    Notes
+    -----
+    Only voxels that every probe sees under the template are scored
+    (:func:`probe_region`): a probe moved towards an edge of the field of view or of
+    the template's grid is scored on the same voxels as the registration.
+    """
+    spacing = np.asarray(spacing, float)
+    region = probe_region(covered, spacing)
+    if not region.any():
+        return 0.0, 0.0
+    image_gradient = gradient_magnitude(image, spacing)
+    image_edges = (image_gradient > edge_level(image_gradient, region)) & region
+    template_gradient = gradient_magnitude(template, spacing)
+    level = edge_level(template_gradient, region)
+    dice = _dice(image_edges, (template_gradient > level) & region)
+    probes = [
+        _dice(image_edges, (shifted_along(template_gradient, axis, steps, outside=0.0) > level) & region)
+        for axis, steps in probe_steps(spacing)
+    ]
+    return dice, dice / max(max(probes), 1e-6)
+
+
+def probe_steps(spacing) -> list[tuple[int, float]]:
+    """(axis, voxel steps) of the six probes: ``PROBE_MM`` back and forth along each axis
+    of a grid with voxel size ``spacing`` (3,) mm.
+
+    Along the grid's axes, not the world's: the same probes where the two agree, as on
+    most images, and on an oblique grid as good a set of directions (a head lies at an
+    angle to both), for a shift that moves whole slabs (:func:`shifted_along`).
+
+    >>> probe_steps((2.0, 2.0, 4.0))[4:]
+    [(2, -2.0), (2, 2.0)]
+    """
+    return [(axis, sign * PROBE_MM / float(spacing[axis])) for axis in range(3) for sign in (-1, 1)]
+
+
+def probe_region(covered: np.ndarray, spacing) -> np.ndarray:
+    """(I, J, K) bool: voxels every probe sees under the template, away from the artefacts
+    of its grid's edge.
+
+    At least ``PROBE_MM`` inside the grid, and ``PROBE_MM`` plus twice
+    ``EDGE_SMOOTHING_MM`` inside ``covered`` ((I, J, K) bool, where the template's grid
+    reaches): the smoothed gradient sees the step to the value outside the template's
+    grid that far, and a probe carries it ``PROBE_MM`` further in.
+    """
+    spacing = np.asarray(spacing, float)
+    inside = distance_mm(covered, spacing) > PROBE_MM + 2.0 * EDGE_SMOOTHING_MM
+    margin = np.ceil(PROBE_MM / spacing - 1e-6).astype(int)
+    away_from_grid_edge = np.zeros(covered.shape, bool)
+    away_from_grid_edge[tuple(slice(m, n - m) for m, n in zip(margin, covered.shape))] = True
+    return inside & away_from_grid_edge
+
+
+def gradient_magnitude(volume: np.ndarray, spacing) -> np.ndarray:
+    """(I, J, K) float32 length of the intensity gradient (per mm) of an (I, J, K) volume,
+    smoothed by a Gaussian of ``EDGE_SMOOTHING_MM``; ``spacing`` (3,) in mm."""
+    spacing = np.asarray(spacing, float)
+    sigma = EDGE_SMOOTHING_MM / spacing
+    volume = np.asarray(volume, np.float32)
+    squared = np.zeros(volume.shape, np.float32)
+    for axis in range(3):
+        order = [0, 0, 0]
+        order[axis] = 1
+        derivative = ndi.gaussian_filter(volume, sigma, order=order) / np.float32(spacing[axis])
+        squared += derivative * derivative
+    return np.sqrt(squared)
+
+
+def edge_level(gradient: np.ndarray, region: np.ndarray) -> float:
+    """The ``gradient`` above which the ``EDGE_SHARE`` of ``region``'s voxels lie (both
+    (I, J, K); ``region`` bool, not empty): the steepest tenth are edges.
+
+    >>> gradient = np.arange(20.0).reshape(20, 1, 1)
+    >>> np.flatnonzero(gradient > edge_level(gradient, np.ones(gradient.shape, bool))).tolist()
+    [18, 19]
+    """
+    return float(np.quantile(gradient[region], 1.0 - EDGE_SHARE))
+
+
+def _transform_list(composite) -> list:
+    """The transform files of ``composite`` (one file, or a list of them) as ANTs takes them."""
+    return [composite] if isinstance(composite, (str, Path)) else list(composite)
 
 
 def _shell(depth: np.ndarray) -> np.ndarray:

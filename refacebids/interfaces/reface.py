@@ -18,6 +18,7 @@ from nipype.interfaces.base import (
 )
 
 from .. import engine
+from ..core.registration import EDGES, MIN_PEAK_RATIO, SCALP
 from ..templates import load_template
 from ..utils.memory import reuse_freed_memory
 from ..utils.threads import use_itk_threads
@@ -74,10 +75,11 @@ class RegisterTemplate(SimpleInterface):
         image_file = _uncompressed(self.inputs.in_file, runtime.cwd)
         record = self._register(image_file, runtime.cwd)
         if not record["ok"]:
+            overlap = record.get("overlap", SCALP)
+            dice = record["edge_dice"] if overlap == EDGES else record["head_dice"]
             raise engine.RegistrationFailed(
-                f"template registration failed (scalp overlap {record['head_dice']:.2f} is not "
-                f"a peak: {record['peak_ratio']:.2f} < {engine.MIN_PEAK_RATIO} of the overlap "
-                f"8 mm off); not refaced"
+                f"template registration failed ({overlap} overlap {dice:.2f} is not a peak: "
+                f"{record['peak_ratio']:.2f} < {MIN_PEAK_RATIO} of the overlap 8 mm off); not refaced"
             )
         self._results["composite"] = record["composite"]
         self._results["registration"] = os.path.join(runtime.cwd, "registration.json")
@@ -209,7 +211,9 @@ class ReplaceFace(SimpleInterface):
         metrics["registration"] = {
             **registration["settings"],
             "similarity": registration["similarity"],
+            "overlap": registration.get("overlap", SCALP),
             "head_dice": registration["head_dice"],
+            "edge_dice": registration.get("edge_dice"),
             "peak_ratio": registration["peak_ratio"],
             "ok": registration["ok"],
         }

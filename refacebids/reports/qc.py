@@ -15,16 +15,18 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..core.registration import SCALP
 from ..core.surface import MOVED_MM
 from ..engine import MIN_FACE_IN_FOV, MIN_MOVED_FRACTION, quality_warnings
 from ..utils.atomic import write_text
 from ..utils.bids import sidecar_path
 from ..utils.provenance import PROVENANCE_KEY
 
-# The registration check refuses a fit whose scalp overlap beats that of the template
-# moved 8 mm by less than 1.15 (core.registration.MIN_PEAK_RATIO); correct fits reached
-# 1.37-1.95 on real and simulated heads. A fit that passed by a small margin, or whose
-# scalp overlap is low, deserves a look.
+# The registration check refuses a fit whose overlap with the image (its scalp; a CT's
+# strongest edges) beats that of the template moved 8 mm by less than 1.15
+# (core.registration.MIN_PEAK_RATIO); correct fits reached 1.36-1.95 on real and
+# simulated heads. A fit that passed by a small margin, or whose scalp overlap is low,
+# deserves a look.
 SUSPECT_PEAK_RATIO = 1.5
 SUSPECT_HEAD_DICE = 0.8
 # Targets of the replacement's look (issue 1 and the README's table).
@@ -66,7 +68,8 @@ METRICS = (
            f"registration: scalp overlap, Dice (look below {SUSPECT_HEAD_DICE:g})", "scalp Dice",
            low=SUSPECT_HEAD_DICE),
     Metric("registration_peak_ratio", ("Registration", "peak_ratio"),
-           f"registration: scalp overlap / overlap 8 mm off (look below {SUSPECT_PEAK_RATIO:g})",
+           f"registration: overlap (scalp; edges for CT) / overlap 8 mm off (look below "
+           f"{SUSPECT_PEAK_RATIO:g})",
            "peak ratio", low=SUSPECT_PEAK_RATIO),
     Metric("protected_voxels_changed", ("ProtectedVoxelsChanged",),
            "protected voxels changed (must be 0)", "protected changed", high=0),
@@ -184,10 +187,16 @@ def flag_reasons(provenance: dict) -> list[str]:
     if (provenance.get("Registration") or {}).get("ok") is False:
         reasons.append("registration suspect: the registration check failed")
     elif {"registration_head_dice", "registration_peak_ratio"} & out:
+        registration = provenance.get("Registration") or {}
+        if registration.get("overlap", SCALP) == SCALP:
+            overlap = f"scalp overlap {_fmt(value['registration_head_dice'])}"
+            look_below = f"{SUSPECT_HEAD_DICE:g} or {SUSPECT_PEAK_RATIO:g}"
+        else:
+            overlap = f"{registration['overlap']} overlap {_fmt(registration.get('edge_dice'))}"
+            look_below = f"{SUSPECT_PEAK_RATIO:g}"
         reasons.append(
-            f"registration suspect: scalp overlap {_fmt(value['registration_head_dice'])} "
-            f"(Dice), {_fmt(value['registration_peak_ratio'])} times that 8 mm off (look below "
-            f"{SUSPECT_HEAD_DICE:g} or {SUSPECT_PEAK_RATIO:g})"
+            f"registration suspect: {overlap} (Dice), {_fmt(value['registration_peak_ratio'])} "
+            f"times that 8 mm off (look below {look_below})"
         )
     quality = provenance.get("Quality") or {}
     if {"face_in_fov_fraction", "face_surface_moved_fraction"} & out:
