@@ -61,7 +61,7 @@ def register_through_anat(
     composite = compose_through(rigid.transform, str(anat_xfm),
                                 str(out_dir / "tpl2img_Composite.h5"))
 
-    quality = registration_quality(working_image(reference, head.affine), template_head, composite,
+    quality = registration_quality(*working_image(reference, head.affine), template_head, composite,
                                    overlap=modalities.registration_overlap(modality))
     anat_settings = {
         **rigid.settings,

@@ -109,17 +109,19 @@ def misregistration_peak_ratios(in_file, modality: str, composite: str, work: Pa
     import ants
 
     from refacebids import modalities
+    from refacebids.core.geometry import RAS_TO_LPS
     from refacebids.core.registration import registration_quality, working_image
+    from refacebids.core.warp import template_coordinates, template_image_at
     from refacebids.templates import load_template
 
     template = load_template()
     head = modalities.load(in_file, modality, frame_durations)
     reference, template_head = modalities.registration_inputs(head, template, modality)
-    fixed = working_image(reference, head.affine)
+    image, affine = working_image(reference, head.affine)
     overlap = modalities.registration_overlap(modality)
-    brain = ants.apply_transforms(fixed, ants.image_read(str(template.brain_mask)), [composite]).numpy()
-    voxel_to_physical = np.asarray(fixed.direction) * np.asarray(fixed.spacing)
-    centre = np.asarray(fixed.origin) + voxel_to_physical @ np.argwhere(brain > 0.5).mean(axis=0)
+    brain = template_image_at(template.brain_mask, template_coordinates(image.shape, affine, template, composite))
+    # The brain's centre in ITK's (LPS) world, about which the moves turn.
+    centre = (RAS_TO_LPS @ affine @ np.r_[np.argwhere(brain > 0.5).mean(axis=0), 1.0])[:3]
 
     def moved(name: str, shift_axis=None, sign: int = 1, turn_axis=None) -> str:
         shift = np.zeros(3)
@@ -145,7 +147,7 @@ def misregistration_peak_ratios(in_file, modality: str, composite: str, work: Pa
             moves[f"shift {'-+'[sign > 0]}{letter} turn {'xyz'[turn]}"] = [
                 composite, moved(f"st{axis}{sign}", axis, sign, turn)]
             moves[f"turn {'-+'[sign > 0]}{letter}"] = [composite, moved(f"t{axis}{sign}", None, sign, axis)]
-    return {name: registration_quality(fixed, template_head, transforms, overlap=overlap)["peak_ratio"]
+    return {name: registration_quality(image, affine, template_head, transforms, overlap=overlap)["peak_ratio"]
             for name, transforms in moves.items()}
 
 

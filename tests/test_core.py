@@ -401,25 +401,28 @@ def test_aligned_resampling_of_a_working_grid_is_trilinear_interpolation_at_the_
         resample_aligned(coarse, rotated, shape, affine)
 
 
-def test_the_working_image_is_what_ants_resampling_gives():
-    """The registered image is resampled by numpy, not ITK: the same grid and values."""
+def test_the_working_image_is_what_ants_resampling_gives(tmp_path):
+    """The registered image is resampled by numpy, not ITK: the same grid and values, and
+    ANTs reads the file written for it with that geometry."""
     import ants
 
-    from refacebids.core.registration import working_image
+    from refacebids.core.registration import working_image, write_working_image
 
     rng = np.random.default_rng(5)
-    for zooms in [(1.0, 1.0, 1.0), (0.9, 1.2, 3.0)]:
+    for zooms in [(1.0, 1.0, 1.0), (0.9, 1.2, 3.0), (2.0, 2.0, 2.0)]:
         volume = rng.gamma(2.0, 100.0, size=(47, 38, 29)).astype(np.float32)
         affine = nib.affines.from_matvec(nib.eulerangles.euler2mat(0.2, 0.1) @ np.diag(zooms), [30.0, -20.0, 5.0])
-        ours = working_image(volume, affine)
+        values, grid_affine = working_image(volume, affine)
         clipped = np.clip(volume, *np.percentile(volume, [0.0, 99.8]))
         target = tuple(max(z, 2.0) for z in zooms)
         theirs = ants.resample_image(to_ants(clipped, affine), target, use_voxels=False, interp_type=0)
-        assert ours.shape == theirs.shape
-        np.testing.assert_allclose(ours.spacing, theirs.spacing)
-        np.testing.assert_allclose(ours.origin, theirs.origin, atol=1e-5)
-        np.testing.assert_allclose(ours.direction, theirs.direction, atol=1e-6)
-        np.testing.assert_allclose(ours.numpy(), theirs.numpy(), rtol=1e-5, atol=1e-3)
+        written = ants.image_read(write_working_image(values, grid_affine, str(tmp_path / "working.nii")))
+        for ours in (to_ants(values, grid_affine), written):
+            assert ours.shape == theirs.shape
+            np.testing.assert_allclose(ours.spacing, theirs.spacing, rtol=1e-6)
+            np.testing.assert_allclose(ours.origin, theirs.origin, atol=1e-4)
+            np.testing.assert_allclose(ours.direction, theirs.direction, atol=1e-5)
+            np.testing.assert_allclose(ours.numpy(), theirs.numpy(), rtol=1e-5, atol=1e-3)
 
 
 def test_labels_read_off_the_working_grid_are_those_the_transform_carries():

@@ -242,10 +242,8 @@ WRONG_FACE_MM = 20.0
                    "registered 110 mm off (edges peak ratio 1.50; the scalp gave 1.40): SyN fits "
                    "the template's cranium to the face, and any fit is a peak of nearby probes")
 def test_a_face_only_ct_registered_wrong_is_refused(refaced, tmp_path):
-    import ants
-
     from refacebids.core.registration import working_image
-    from refacebids.core.warp import OUTSIDE, template_coordinates
+    from refacebids.core.warp import OUTSIDE, template_coordinates, template_image_at
 
     whole = refaced("mricrogl_CT_2mm")
     img = whole["in"]
@@ -255,11 +253,10 @@ def test_a_face_only_ct_registered_wrong_is_refused(refaced, tmp_path):
     record = engine.register_image(tmp_path / "face_only_ct.nii.gz", template, tmp_path, modality="ct")
     # Where each registration puts the template on the cut image's working grid (the
     # whole head's grid, cut), over the face as the whole head's registration places it.
-    grid = working_image(cut.get_fdata(dtype=np.float32), cut.affine)
-    right = template_coordinates(grid, template, whole["registration"]["composite"])
-    found = template_coordinates(grid, template, record["composite"])
-    face = ants.apply_transforms(grid, ants.image_read(str(template.dseg)), [whole["registration"]["composite"]],
-                                 interpolator="nearestNeighbor").numpy() == FACE
+    grid, grid_affine = working_image(cut.get_fdata(dtype=np.float32), cut.affine)
+    right = template_coordinates(grid.shape, grid_affine, template, whole["registration"]["composite"])
+    found = template_coordinates(grid.shape, grid_affine, template, record["composite"])
+    face = template_image_at(template.dseg, right, order=0) == FACE
     face &= (right[..., 0] > OUTSIDE / 2) & (found[..., 0] > OUTSIDE / 2)
     off = float(np.median(np.linalg.norm(found - right, axis=-1)[face]))
     print(f"face-only CT: template face {off:.0f} mm from the whole head's registration, "

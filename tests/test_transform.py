@@ -11,7 +11,7 @@ from refacebids.core.geometry import itk_affine, to_ants, world_grid
 from refacebids.core.transform import map_points, read_transforms
 
 
-def _positions_by_ants(reference, transform_file: str) -> np.ndarray:
+def _positions_by_ants(reference, transforms) -> np.ndarray:
     """(I, J, K, 3) where ANTs sends each voxel of ``reference``: it resamples images whose
     values are their own RAS coordinates, over a grid that holds every mapped point."""
     import ants
@@ -20,7 +20,8 @@ def _positions_by_ants(reference, transform_file: str) -> np.ndarray:
     shape = (121, 121, 121)
     coordinates = world_grid(affine, shape)
     return np.stack([
-        ants.apply_transforms(reference, to_ants(coordinates[..., axis], affine), [transform_file],
+        ants.apply_transforms(reference, to_ants(coordinates[..., axis], affine),
+                              transforms if isinstance(transforms, list) else [transforms],
                               interpolator="linear", defaultvalue=-1e4).numpy()
         for axis in range(3)
     ], axis=-1)
@@ -53,10 +54,11 @@ def registered(tmp_path_factory):
     rigid_file = str(folder / "rigid.mat")
     ants.write_transform(rigid, rigid_file)
     through = compose_through(rigid_file, syn["fwdtransforms"], str(folder / "through.h5"))
-    return {"reference": fixed, "reference_affine": itk_affine(fixed_affine), "composite": syn["fwdtransforms"], "rigid": rigid_file, "through": through}
+    return {"reference": fixed, "reference_affine": itk_affine(fixed_affine), "composite": syn["fwdtransforms"],
+            "rigid": rigid_file, "through": through, "list": [syn["fwdtransforms"], rigid_file]}
 
 
-@pytest.mark.parametrize("which", ["composite", "rigid", "through"])
+@pytest.mark.parametrize("which", ["composite", "rigid", "through", "list"])
 def test_points_map_where_ants_resampling_takes_them(registered, which):
     reference, grid = registered["reference"], world_grid(registered["reference_affine"], registered["reference"].shape)
     expected = _positions_by_ants(reference, registered[which])

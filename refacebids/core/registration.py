@@ -1,4 +1,4 @@
-"""Template-to-image registration with antspyx.
+"""Template-to-image registration with ANTs (antspyx's compiled antsRegistration).
 
 One antsRegistration call, three stages on the 2 mm working image, each with Mattes
 mutual information so that one template serves every contrast: rigid from the centres
@@ -7,7 +7,9 @@ oblique, off-centre; ANTs works in world coordinates), then affine, then SyN, ea
 coarse to fine at 8 and 4 mm. The face needs ~1-2 mm accuracy, not sub-millimetre: SyN
 on 2 mm images agreed with full-resolution SyN within ~1 mm on real heads at a tenth
 of the cost (../shared/notes/feasibility.md), and no level runs at 2 mm itself (see
-``STAGES``).
+``STAGES``). The registration's check and similarity are computed here on arrays (the
+transform evaluated by :mod:`refacebids.core.transform`), so that the register step
+never imports antspyx's Python layer (:mod:`refacebids.core.antslib`).
 """
 
 from __future__ import annotations
@@ -15,12 +17,16 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 from scipy import ndimage as ndi
 
 from ..utils.threads import use_itk_threads
-from .geometry import distance_mm, itk_affine, resample_aligned, shifted_along, to_ants, working_grid
+from . import antslib
+from .geometry import distance_mm, itk_affine, resample_aligned, shifted_along, working_grid, world_grid
+from .similarity import mutual_information
 from .surface import head_mask, signed_depth
+from .transform import map_points, read_transforms
 
 WORKING_RESOLUTION_MM = 2.0
 
@@ -123,17 +129,34 @@ class RegistrationResult:
         return asdict(self)
 
 
-def working_image(volume: np.ndarray, affine: np.ndarray):
-    """The ANTs image registered: ``volume`` (I, J, K) clipped at its 99.8th percentile
-    (a few hot voxels must not squeeze the histogram), linearly resampled to
-    ``WORKING_RESOLUTION_MM`` on the grid of ``working_grid`` unless it is within
-    5 % of that already."""
-    clipped = np.clip(volume, *np.percentile(volume, [0.0, 99.8]))
+def working_image(volume: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The image registered: ``volume`` (I, J, K) clipped at its 99.8th percentile (a few
+    hot voxels must not squeeze the histogram), linearly resampled to
+    ``WORKING_RESOLUTION_MM`` on the grid of ``working_grid`` unless it is within 5 % of
+    that already.
+
+    Returns
+    -------
+    values : (I', J', K') float32 ndarray
+    affine : (4, 4) ndarray
+        Its voxel-to-world (RAS) affine, shear-free as ITK sees the image's.
+    """
+    clipped = np.clip(volume, *np.percentile(volume, [0.0, 99.8])).astype(np.float32)
+    image_affine = itk_affine(affine)
     if np.all(np.linalg.norm(affine[:3, :3], axis=0) >= WORKING_RESOLUTION_MM * 0.95):
-        return to_ants(clipped, affine)
+        return clipped, image_affine
     grid_shape, grid_affine = working_grid(volume.shape, affine, WORKING_RESOLUTION_MM)
-    # The grid shares ITK's own (shear-free) geometry of the image.
-    return to_ants(resample_aligned(clipped, itk_affine(affine), grid_shape, grid_affine), grid_affine)
+    return resample_aligned(clipped, image_affine, grid_shape, grid_affine), grid_affine
+
+
+def write_working_image(values: np.ndarray, affine: np.ndarray, path: str) -> str:
+    """Write a working image (:func:`working_image`) for ANTs to read as it is: float32,
+    the same affine in the qform and the sform."""
+    image = nib.Nifti1Image(np.asarray(values, np.float32), affine)
+    image.set_qform(affine, code=1)
+    image.set_sform(affine, code=1)
+    image.to_filename(path)
+    return path
 
 
 def register_template(
@@ -169,29 +192,26 @@ def register_template(
     Returns
     -------
     RegistrationResult
-        ``composite`` maps template -> image for ``ants.apply_transforms``.
+        ``composite`` maps image points to template points (template -> image for
+        ``ants.apply_transforms``).
     """
-    use_itk_threads(threads)  # before antspyx is first imported in this process
-    import ants
-
+    use_itk_threads(threads)  # before ITK first runs in this process
     Path(out_prefix).parent.mkdir(parents=True, exist_ok=True)
-    fixed = working_image(reference, affine)
-    fixed_file = f"{out_prefix}working.nii"
-    ants.image_write(fixed, fixed_file)
-    arguments = [
+    values, grid_affine = working_image(reference, affine)
+    fixed_file = write_working_image(values, grid_affine, f"{out_prefix}working.nii")
+    antslib.run("antsRegistration", [
         "--dimensionality", "3", "--float", "1", "--random-seed", str(seed),
         "--initial-moving-transform", f"[{fixed_file},{template_file},1]",  # centres of mass
         *(argument for stage in STAGES for argument in stage.arguments(fixed_file, template_file)),
         "--use-histogram-matching", "0", "--collapse-output-transforms", "1",
         "--write-composite-transform", "1", "--output", f"[{out_prefix}]",
-    ]
-    ants.registration(arguments, None)  # antspyx passes a list on to antsRegistration as it is
+    ])
     composite = f"{out_prefix}Composite.h5"
     return RegistrationResult(
         composite=composite,
-        **registration_quality(fixed, template_file, composite, overlap=overlap),
+        **registration_quality(values, grid_affine, template_file, composite, overlap=overlap),
         settings={
-            "software": f"antspyx {ants.__version__}",
+            "software": f"antspyx {antslib.version()}",
             "stages": ["Rigid", "Affine", "SyN"],
             "metric": "Mattes mutual information (32 bins)",
             "resolution_mm": WORKING_RESOLUTION_MM,
@@ -205,19 +225,21 @@ def register_template(
     )
 
 
-def registration_quality(fixed, template_file: str, composite, warped=None, *, overlap: str = SCALP) -> dict:
+def registration_quality(
+    image: np.ndarray, affine: np.ndarray, template_file: str, transforms, *, overlap: str = SCALP
+) -> dict:
     """Similarity, overlap and verdict of a template -> image transform.
 
     Parameters
     ----------
-    fixed : ants.ANTsImage
+    image : (I, J, K) ndarray
         The working image (:func:`working_image`).
+    affine : (4, 4) ndarray
+        Its voxel-to-world (RAS) affine.
     template_file : str
-        The template head registered.
-    composite : str or list of str
-        Template -> image transform (or transforms, in ``ants.apply_transforms`` order).
-    warped : ants.ANTsImage, optional
-        The template already resampled onto ``fixed`` through ``composite``.
+        The template head registered; its labels and brain mask lie beside it.
+    transforms : str or list of str
+        Template -> image transform file (or files, in ``ants.apply_transforms`` order).
     overlap : {SCALP, EDGES}
         What is overlapped: the scalp over the cranium (:func:`cranium_overlap`) or the
         strongest edges (:func:`edge_overlap`).
@@ -225,30 +247,30 @@ def registration_quality(fixed, template_file: str, composite, warped=None, *, o
     Returns
     -------
     dict
-        ``similarity`` (mutual information, lower is better), ``overlap``,
+        ``similarity`` (negative mutual information, lower is better,
+        :func:`refacebids.core.similarity.mutual_information`), ``overlap``,
         ``head_dice`` and ``edge_dice`` (the one not scored is ``None``), ``peak_ratio``
         and ``ok``.
     """
-    import ants
+    from .warp import template_image_at
 
-    transforms = _transform_list(composite)
-    if warped is None:
-        warped = ants.apply_transforms(fixed, ants.image_read(str(template_file)), transforms)
+    spacing = np.linalg.norm(affine[:3, :3], axis=0)
+    coords = map_points(read_transforms(transforms), world_grid(affine, image.shape))
+    values = template_image_at(template_file, coords, outside=OUTSIDE_TEMPLATE)
+    covered = values > 0.5 * OUTSIDE_TEMPLATE
+    warped = np.where(covered, values, np.float32(0.0))  # ANTs' resampling writes 0 beyond the grid
     head_dice = edge_dice = None
     if overlap == EDGES:
-        # Resampled again, to tell where the template's grid ends (the registration's
-        # own resampling writes 0 there, as in the template's air).
-        values = ants.apply_transforms(fixed, ants.image_read(str(template_file)), transforms,
-                                       defaultvalue=OUTSIDE_TEMPLATE).numpy()
-        covered = values > 0.5 * OUTSIDE_TEMPLATE
-        edge_dice, peak_ratio = edge_overlap(fixed.numpy(), np.where(covered, values, 0.0), covered,
-                                             fixed.spacing)
+        edge_dice, peak_ratio = edge_overlap(image, warped, covered, spacing)
     elif overlap == SCALP:
-        head_dice, peak_ratio = cranium_overlap(fixed, warped, template_file, transforms)
+        folder = Path(template_file).parent
+        labels = template_image_at(next(folder.glob("*_desc-reface_dseg.nii*")), coords, order=0)
+        near_brain = template_image_at(next(folder.glob("*_desc-brain_mask.nii*")), coords)
+        head_dice, peak_ratio = cranium_overlap(image, warped, labels, near_brain, spacing)
     else:
         raise ValueError(f"unknown registration overlap {overlap!r}")
     return {
-        "similarity": float(ants.image_mutual_information(fixed, warped)),
+        "similarity": mutual_information(image, warped),
         "overlap": overlap,
         "head_dice": head_dice,
         "edge_dice": edge_dice,
@@ -257,7 +279,9 @@ def registration_quality(fixed, template_file: str, composite, warped=None, *, o
     }
 
 
-def cranium_overlap(fixed, warped, template_file, composite) -> tuple[float, float]:
+def cranium_overlap(
+    image: np.ndarray, warped: np.ndarray, labels: np.ndarray, near_brain: np.ndarray, spacing
+) -> tuple[float, float]:
     """How well the registered template's scalp meets the image's, over the cranium.
 
     Returns the Dice of the two scalp shells and its ratio to the best Dice reached
@@ -273,23 +297,25 @@ def cranium_overlap(fixed, warped, template_file, composite) -> tuple[float, flo
     shrunk (``DARK_SKIN_MM``); the depth that fits the registration best is a property
     of the image's contrast, and the probes are scored at that same depth, so they gain
     nothing from it.
-    """
-    import ants
 
+    Parameters
+    ----------
+    image : (I, J, K) ndarray
+        The working image.
+    warped, labels, near_brain : (I, J, K) ndarray
+        The registered template's head, refacing labels and brain mask (0 to 1) on the
+        image's grid.
+    spacing : (3,) sequence
+        Voxel size (mm).
+    """
     from .warp import FOREHEAD, TISSUE_LABELS
 
-    folder = Path(template_file).parent
-    dseg = ants.image_read(str(next(folder.glob("*_desc-reface_dseg.nii*"))))
-    brain = ants.image_read(str(next(folder.glob("*_desc-brain_mask.nii*"))))
-    transforms = _transform_list(composite)
-    labels = ants.apply_transforms(fixed, dseg, transforms, interpolator="nearestNeighbor").numpy()
-    near_brain = ants.apply_transforms(fixed, brain, transforms, interpolator="linear").numpy()
-    spacing = tuple(fixed.spacing)
+    spacing = tuple(float(s) for s in spacing)
     distance = distance_mm(near_brain < 0.5, spacing)
     facial = np.isin(labels, [t for t in TISSUE_LABELS if t != FOREHEAD])
     cranium = (distance <= CRANIUM_MM) & ~facial
-    image_shell = _shell(signed_depth(head_mask(fixed.numpy(), spacing, join_mm=JOIN_MM), spacing)) & cranium
-    template_depth = signed_depth(head_mask(warped.numpy(), spacing, join_mm=JOIN_MM), spacing)
+    image_shell = _shell(signed_depth(head_mask(image, spacing, join_mm=JOIN_MM), spacing)) & cranium
+    template_depth = signed_depth(head_mask(warped, spacing, join_mm=JOIN_MM), spacing)
     dices = [_dice(image_shell, _shell(template_depth + dark) & cranium) for dark in DARK_SKIN_MM]
     dice, dark = max(dices), DARK_SKIN_MM[int(np.argmax(dices))]
     # The probes move the template's signed depth, not its image: the same overlap for a
@@ -407,11 +433,6 @@ def edge_level(gradient: np.ndarray, region: np.ndarray) -> float:
     [18, 19]
     """
     return float(np.quantile(gradient[region], 1.0 - EDGE_SHARE))
-
-
-def _transform_list(composite) -> list:
-    """The transform files of ``composite`` (one file, or a list of them) as ANTs takes them."""
-    return [composite] if isinstance(composite, (str, Path)) else list(composite)
 
 
 def _shell(depth: np.ndarray) -> np.ndarray:

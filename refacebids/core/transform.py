@@ -8,8 +8,9 @@ the rest of refacebids) in RAS; points are converted on the way in and out.
 
 Supported: what antsRegistration and ``core/anat.py`` write, an ITK HDF5 composite of
 affine (``AffineTransform``, ``MatrixOffsetTransformBase``, rigid ``Euler3DTransform``)
-and ``DisplacementFieldTransform`` parts, or a single linear transform in a ``.mat`` or
-``.h5`` file.
+and ``DisplacementFieldTransform`` parts, or a single linear transform in a ``.mat``
+(MATLAB v4, as ITK writes it) or ``.h5`` file; several files as ``ants.apply_transforms``
+takes them (a point goes through the first listed first).
 """
 
 from __future__ import annotations
@@ -52,21 +53,27 @@ class DisplacementPart:
 
 
 def read_transforms(path) -> list:
-    """The parts of a transform file, in the order they apply to a point (first first).
+    """The parts of a transform file, or of a list of them, in the order they apply to
+    a point (first first).
 
-    ITK applies a composite's parts from the last stored to the first.
+    ITK applies a composite's parts from the last stored to the first; a point goes
+    through a list of files (as ``ants.apply_transforms`` takes it) from the first.
 
     Raises
     ------
     ValueError
         For a transform type this module does not evaluate.
     """
+    if isinstance(path, (list, tuple)):
+        return [part for one in path for part in read_transforms(one)]
     path = str(path)
     if Path(path).suffix == ".mat":
-        import ants
+        from scipy.io import loadmat
 
-        transform = ants.read_transform(path)
-        return [_linear(transform.type, transform.parameters, transform.fixed_parameters)]
+        variables = {name: value.ravel() for name, value in loadmat(path).items() if not name.startswith("__")}
+        fixed = variables.pop("fixed")
+        (kind, parameters), = variables.items()
+        return [_linear(kind, parameters, fixed)]
     import h5py
 
     with h5py.File(path, "r") as h5:
