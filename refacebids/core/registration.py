@@ -60,16 +60,26 @@ class Stage:
         ]
 
 
-# antspyx's "Rigid" (at 4 mm) and "SyN" presets, less the levels with no iterations at the
-# working resolution itself: every stage of the SyN preset ends with one, which only
-# resamples the result. Against a SyN that also ran at 2 mm, dropping them moved the
-# template's face no further (a mean 0.22-0.23 mm from it on two real 1 mm heads, 0.38-0.51 mm
-# with them). Fewer levels did: without the affine stage's first 4 mm level the face
-# moved a mean 1.4 mm on the Philips head. SyN's 4 mm level runs 10 iterations
-# (antspyx: 20): its metric levels off after ~10.
+# The rigid start runs on its own, on 4 mm copies of the working image and the template
+# (antspyx's "Rigid" preset there, from the centres of mass): inside the one call, at 8
+# and 4 mm of the 2 mm images, it sent the template 74 mm off on the vtk CT (whose field
+# of view holds only the skull base and face) with one ITK thread, where the separate
+# start lands within 2-4 mm with one thread or two.
+RIGID_RESOLUTION_MM = 4.0
+RIGID = Stage("Rigid[0.25]", ",Regular,0.2", iterations=(500, 200), shrink=(2, 1), smoothing=(1, 0))
+# Then affine and SyN in one call: antspyx's "SyN" preset less the levels with no
+# iterations at the working resolution itself (every stage of the preset ends with one,
+# which only resamples the result: outputs identical with and without them), and with
+# half the working image's voxels, not a fifth, sampling the affine stage's metric. With
+# a fifth the result hung on float rounding: on the Trio head, eight random seeds (or
+# the working grid's direction changed by 1e-9) put the template's face 0.6-5.8 mm from
+# a reference registration that also ran SyN at 2 mm, two of them more than 5 mm (a 1 %
+# difference in the affine's scale, amplified by SyN); with half, 0.7-1.1 mm for all
+# eight (a third: up to 2.4 mm). SyN's 4 mm level runs 10 iterations (antspyx: 20): its
+# metric levels off after ~10. Fewer levels cost accuracy: without the affine stage's
+# first 4 mm level the face moved a mean 1.4 mm on the Philips head.
 STAGES = (
-    Stage("Rigid[0.25]", ",Regular,0.2", iterations=(500, 200), shrink=(4, 2), smoothing=(2, 0)),
-    Stage("Affine[0.25]", ",Regular,0.2", iterations=(2100, 1200, 1200), shrink=(4, 2, 2), smoothing=(3, 2, 1)),
+    Stage("Affine[0.25]", ",Regular,0.5", iterations=(2100, 1200, 1200), shrink=(4, 2, 2), smoothing=(3, 2, 1)),
     Stage("SyN[0.2,3,0]", "", iterations=(40, 10), shrink=(4, 2), smoothing=(2, 1), convergence="1e-7,8"),
 )
 # A registration is reported as failed, not used, unless its overlap with the image
@@ -159,6 +169,21 @@ def write_working_image(values: np.ndarray, affine: np.ndarray, path: str) -> st
     return path
 
 
+def levels_mm() -> dict:
+    """The resolution (mm) of each level of each stage, by transform name."""
+    return {
+        "Rigid": [RIGID_RESOLUTION_MM * shrink for shrink in RIGID.shrink],
+        **{stage.transform.split("[")[0]: [WORKING_RESOLUTION_MM * shrink for shrink in stage.shrink]
+           for stage in STAGES},
+    }
+
+
+def _coarser(values: np.ndarray, affine: np.ndarray, resolution: float) -> tuple[np.ndarray, np.ndarray]:
+    """(values, affine) linearly resampled to ``resolution`` mm, as ``ants.resample_image`` would."""
+    grid_shape, grid_affine = working_grid(values.shape, affine, resolution)
+    return resample_aligned(values, itk_affine(affine), grid_shape, grid_affine), grid_affine
+
+
 def register_template(
     reference: np.ndarray,
     affine: np.ndarray,
@@ -199,11 +224,20 @@ def register_template(
     Path(out_prefix).parent.mkdir(parents=True, exist_ok=True)
     values, grid_affine = working_image(reference, affine)
     fixed_file = write_working_image(values, grid_affine, f"{out_prefix}working.nii")
+    coarse_fixed = write_working_image(*_coarser(values, grid_affine, RIGID_RESOLUTION_MM), f"{out_prefix}rigid_working.nii")
+    template = nib.load(str(template_file))
+    coarse_template = write_working_image(
+        *_coarser(template.get_fdata(dtype=np.float32), template.affine, RIGID_RESOLUTION_MM),
+        f"{out_prefix}rigid_template.nii")
+    common = ["--dimensionality", "3", "--float", "1", "--random-seed", str(seed),
+              "--use-histogram-matching", "0", "--collapse-output-transforms", "1"]
     antslib.run("antsRegistration", [
-        "--dimensionality", "3", "--float", "1", "--random-seed", str(seed),
-        "--initial-moving-transform", f"[{fixed_file},{template_file},1]",  # centres of mass
+        *common, "--initial-moving-transform", f"[{coarse_fixed},{coarse_template},1]",  # centres of mass
+        *RIGID.arguments(coarse_fixed, coarse_template), "--output", f"[{out_prefix}rigid_]",
+    ])
+    antslib.run("antsRegistration", [
+        *common, "--initial-moving-transform", f"{out_prefix}rigid_0GenericAffine.mat",
         *(argument for stage in STAGES for argument in stage.arguments(fixed_file, template_file)),
-        "--use-histogram-matching", "0", "--collapse-output-transforms", "1",
         "--write-composite-transform", "1", "--output", f"[{out_prefix}]",
     ])
     composite = f"{out_prefix}Composite.h5"
@@ -215,8 +249,7 @@ def register_template(
             "stages": ["Rigid", "Affine", "SyN"],
             "metric": "Mattes mutual information (32 bins)",
             "resolution_mm": WORKING_RESOLUTION_MM,
-            "levels_mm": {stage.transform.split("[")[0]: [WORKING_RESOLUTION_MM * shrink for shrink in stage.shrink]
-                          for stage in STAGES},
+            "levels_mm": levels_mm(),
             "syn_iterations": list(STAGES[-1].iterations),
             "initialisation": "centres of mass",
             "random_seed": seed,

@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 
 from .. import __version__
-from ..core.registration import STAGES, WORKING_RESOLUTION_MM
+from ..core.registration import WORKING_RESOLUTION_MM, levels_mm
 from ..core.replace import MAX_SKIN_OFFSET_MM, SKIN_OFFSET_MM
 from ..core.warp import PROTECT_MARGIN_MM
 
@@ -45,8 +45,7 @@ CURRENT_REGISTRATION = {
     "stages": ["Rigid", "Affine", "SyN"],
     "metric": "Mattes mutual information",
     "resolution_mm": WORKING_RESOLUTION_MM,
-    "levels_mm": {stage.transform.split("[")[0]: [WORKING_RESOLUTION_MM * shrink for shrink in stage.shrink]
-                  for stage in STAGES},
+    "levels_mm": levels_mm(),
     "initialisation": "centres of mass",
 }
 
