@@ -640,3 +640,22 @@ def test_edge_overlap_cannot_confirm_a_registration_along_a_cylinder():
     covered[:, :, :12] = covered[:, :, 44:] = False
     dice, ratio = edge_overlap(cylinder, np.where(covered, cylinder, 0.0), covered, (2.0, 2.0, 2.0))
     assert dice == 1.0 and ratio == pytest.approx(1.0, abs=0.02)
+
+
+
+def test_mapped_values_are_the_volume_interpolated_where_the_map_sends_each_voxel():
+    from refacebids.core.geometry import mapped_values
+
+    rng = np.random.default_rng(4)
+    volume = rng.normal(size=(21, 18, 16)).astype(np.float32)
+    where = rng.random(volume.shape) < 0.3
+    turn = nib.affines.from_matvec(nib.eulerangles.euler2mat(0.2, -0.1, 0.15) * 1.05, [1.5, -2.0, 0.7])
+    maps = [turn, np.linalg.inv(turn)]
+    values = mapped_values(volume, maps, where, outside=-9.0)
+    assert values.shape == (2, where.sum()) and values.dtype == np.float32
+    for row, voxel_map in enumerate(maps):
+        # output[o] = volume[matrix @ o + offset] over the whole grid, then read at ``where``
+        expected = ndi.affine_transform(volume, voxel_map[:3, :3], voxel_map[:3, 3], order=1,
+                                        mode="constant", cval=-9.0)
+        np.testing.assert_allclose(values[row], expected[where], atol=1e-5)
+    assert np.any(values == -9.0)  # the turn sends some voxels off the grid
