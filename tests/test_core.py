@@ -659,3 +659,37 @@ def test_mapped_values_are_the_volume_interpolated_where_the_map_sends_each_voxe
                                         mode="constant", cval=-9.0)
         np.testing.assert_allclose(values[row], expected[where], atol=1e-5)
     assert np.any(values == -9.0)  # the turn sends some voxels off the grid
+
+
+
+def test_brain_values_of_a_ct_are_those_its_pseudo_t1w_gives_brain_alone():
+    from refacebids.core.ct import BRAIN_HU, pseudo_t1w, pseudo_t1w_range
+
+    low, high = pseudo_t1w_range(*BRAIN_HU)
+
+    def pseudo(hu_from, hu_to):
+        hu = np.broadcast_to(np.linspace(hu_from, hu_to, 200, dtype=np.float32)[:, None, None], (200, 3, 3))
+        return pseudo_t1w(np.ascontiguousarray(hu))
+
+    brain = pseudo(*BRAIN_HU)
+    assert brain.min() >= low and brain.max() <= high
+    assert brain.min() < low + 1.0 and brain.max() > high - 1.0  # the range is tight
+    for name, (hu_from, hu_to) in {"air": (-1000.0, -300.0), "fat": (-110.0, -85.0),
+                                   "dense bone": (600.0, 1500.0)}.items():
+        other = pseudo(hu_from, hu_to)[5:-5]  # away from the smoothing's reach of the ends
+        assert np.all((other < low) | (other > high)), name
+
+
+def test_the_template_brain_depth_and_centre_are_read_off_its_mask():
+    template = load_template()
+    mask_img = nib.load(template.brain_mask)
+    brain = np.asanyarray(mask_img.dataobj) > 0
+    depth = distance_mm(brain, mask_img.header.get_zooms()[:3])
+    voxels = np.argwhere(brain)[::5000]
+    coords = nib.affines.apply_affine(mask_img.affine, voxels).astype(np.float32)
+    np.testing.assert_allclose(warp.brain_depth_at(coords, template.brain_mask), depth[tuple(voxels.T)], atol=1e-4)
+    far = np.array([[500.0, 0.0, 0.0]], np.float32)
+    assert warp.brain_depth_at(far, template.brain_mask)[0] == 0.0
+    centre = warp.template_mask_centre(template.brain_mask)
+    np.testing.assert_allclose(centre, nib.affines.apply_affine(mask_img.affine, np.argwhere(brain).mean(axis=0)))
+    assert warp.brain_depth_at(centre[None].astype(np.float32), template.brain_mask)[0] > 40.0  # deep inside
