@@ -150,6 +150,11 @@ def test_register_node_refuses_a_failed_registration(tmp_path, monkeypatch):
         r"scalp overlap 0\.85 is not a peak: 1\.02 < 1\.15": {"ok": False, "head_dice": 0.85, "peak_ratio": 1.02},
         r"edges overlap 0\.31 is not a peak: 1\.04 < 1\.15": {
             "ok": False, "overlap": "edges", "head_dice": None, "edge_dice": 0.31, "peak_ratio": 1.04},
+        r"\(0\.94 < 1\.15 of the overlap turned 15 degrees\)": {
+            "ok": False, "head_dice": 0.9, "peak_ratio": 1.6, "turn_ratio": 0.94, "brain_like": None},
+        r"\(84% of the image where the template's brain lies deep holds brain values, < 90%\)": {
+            "ok": False, "overlap": "edges", "head_dice": None, "edge_dice": 0.36, "peak_ratio": 1.52,
+            "turn_ratio": 1.39, "brain_like": 0.839},
     }
     for message, failed in records.items():
         monkeypatch.setattr(RegisterTemplate, "_register", lambda self, image_file, out_dir, failed=failed: failed)
@@ -174,13 +179,13 @@ def test_misregistration_is_flagged(refaced):
     warped = template_image_at(template.t1w, coords)
     labels = template_image_at(template.dseg, coords, order=0)
     near_brain = template_image_at(template.brain_mask, coords)
-    _, ratio = cranium_overlap(image, warped, labels, near_brain, spacing)
+    _, ratio, _ = cranium_overlap(image, warped, labels, near_brain, spacing)
     assert ratio >= MIN_PEAK_RATIO
     for axis in range(3):
         shift = np.zeros(3)
         shift[axis] = 15.0 / spacing[axis]
         moved = ndi.shift(warped, shift, order=1)
-        _, ratio = cranium_overlap(image, moved, labels, near_brain, spacing)
+        _, ratio, _ = cranium_overlap(image, moved, labels, near_brain, spacing)
         assert ratio < MIN_PEAK_RATIO, axis
 
 
