@@ -27,7 +27,7 @@ from refacebids.core.warp import FACE, PROTECTED
 from refacebids.templates import load_template
 
 from . import measures
-from .conftest import DATA, engine_outcome, misregistration_peak_ratios
+from .conftest import DATA, check_figures, engine_outcome, misregistration_checks
 from .simulate import simulate_flair, simulate_t2star
 
 MOVED_SHARE = 0.90
@@ -138,7 +138,9 @@ def _values(img) -> np.ndarray:
 @pytest.mark.parametrize("case", _cases("test_registration_accepted"))
 def test_registration_accepted(refaced, case):
     record = refaced(case)["registration"]
-    print(f"{case}: {record['overlap']} overlap peak ratio {record['peak_ratio']:.2f}")
+    brain_like = "" if record["brain_like"] is None else f", brain-like share {record['brain_like']:.3f}"
+    print(f"{case}: {record['overlap']} overlap peak ratio {record['peak_ratio']:.2f}, "
+          f"turn ratio {record['turn_ratio']:.2f}{brain_like}")
     assert record["ok"], record
 
 
@@ -192,15 +194,14 @@ def test_misregistration_is_flagged(refaced):
 @pytest.mark.slow
 def test_misregistration_moved_as_a_whole_is_refused(refaced, tmp_path):
     """The registration moved as a whole (labels too) 15 mm along any axis, with or
-    without a 10 degree turn, fails the check; turns alone are printed (see conftest)."""
-    from refacebids.core.registration import MIN_PEAK_RATIO
-
+    without a 10 degree turn, or turned 10 degrees alone about the brain's centre,
+    fails the check (see conftest)."""
     result = refaced("ixi049_T1w")
-    ratios = misregistration_peak_ratios(result["in"].get_filename(), "T1w",
-                                         result["registration"]["composite"], tmp_path)
-    print("ixi049_T1w: " + ", ".join(f"{name} {ratio:.2f}" for name, ratio in ratios.items()))
-    assert ratios.pop("registered") >= MIN_PEAK_RATIO
-    assert all(ratio < MIN_PEAK_RATIO for name, ratio in ratios.items() if name.startswith("shift")), ratios
+    checks = misregistration_checks(result["in"].get_filename(), "T1w",
+                                    result["registration"]["composite"], tmp_path)
+    print("ixi049_T1w (peak/turn ratio): " + check_figures(checks))
+    assert checks.pop("registered")["ok"]
+    assert not [name for name, check in checks.items() if check["ok"]], check_figures(checks)
 
 
 @pytest.mark.parametrize("case", _cases("test_header_and_storage_preserved"))
