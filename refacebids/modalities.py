@@ -11,7 +11,9 @@ reference of a 4D image   mean of the volumes      mean weighted by             
                                                    ``FrameDuration``
 registered image          the reference            ``log(1 + activity/scale)``  pseudo-T1w (core/ct.py)
 registration check        scalp over the cranium   scalp over the cranium       strongest edges (face,
-                                                                                skull base, airways)
+                                                                                skull base, airways), and
+                                                                                brain values where the
+                                                                                template's brain lies deep
 drawn template head       T1w                      T1w                          pseudo-CT (core/ct.py)
 skin threshold            half-way air to Otsu     the same on the log scale    the same, in HU
 noise of the new face     Rician or Gaussian       Gaussian, SD ~ sqrt(signal)  Gaussian, input HU range
@@ -60,7 +62,11 @@ def registration_overlap(modality: str) -> str:
 
     A CT shows the face, the skull base and the airways as sharply as the skin, and is
     often cut to them (a CT of the sinuses, the face or the skull base): its strongest
-    edges. Any other image: the scalp over the cranium, which every contrast shows.
+    edges; and, since its registered image is the pseudo-T1w of its HU, whose brain
+    values are known (:data:`refacebids.core.registration.BRAIN_VALUES`), the check also
+    asks for brain where the template's brain lies deep (a CT of the face alone can be
+    fitted with the template's cranium on the face). Any other image: the scalp over the
+    cranium, which every contrast shows.
     """
     return EDGES if modality == CT else SCALP
 

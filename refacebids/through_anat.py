@@ -14,7 +14,7 @@ from pathlib import Path
 
 from . import engine, modalities
 from .core.anat import compose_through, register_rigid
-from .core.registration import MIN_PEAK_RATIO, registration_quality, working_image
+from .core.registration import check_failures, registration_quality, working_image
 
 
 def register_through_anat(
@@ -81,9 +81,8 @@ def register_through_anat(
                                        modality=modality, frame_durations=frame_durations)
         record["settings"] = {**record["settings"], "path": "own", "anat": anat_settings}
         record["warnings"] = [
-            f"registration through {Path(anat_file).name} failed its check ({quality['overlap']} "
-            f"overlap {quality['peak_ratio']:.2f} times that 8 mm off, below {MIN_PEAK_RATIO}); the image "
-            "was registered on its own"
+            f"registration through {Path(anat_file).name} failed its check "
+            f"({'; '.join(check_failures(quality))}); the image was registered on its own"
         ]
     (out_dir / "registration.json").write_text(json.dumps(record, indent=2))
     return record

@@ -89,22 +89,28 @@ def engine_outcome(in_file, result: dict, work: Path) -> dict:
 
 # The registration moved as a whole (labels and brain too) the way a failed one would
 # be: 15 mm along each axis of the world, and as much with a 10 degree turn about another
-# axis through the registered brain's centre. Turns alone (no shift) are measured too.
+# axis through the registered brain's centre, and turned only, about each axis.
 MISREGISTRATION_MM = 15.0
 MISREGISTRATION_DEGREES = 10.0
 
 
-def misregistration_peak_ratios(in_file, modality: str, composite: str, work: Path,
-                                frame_durations=None) -> dict[str, float]:
-    """The registration check's peak ratio of the engine's registration moved rigidly.
+def misregistration_checks(in_file, modality: str, composite: str, work: Path,
+                           frame_durations=None) -> dict[str, dict]:
+    """The registration check of the engine's registration moved rigidly.
+
+    The move is applied to the template's side of the registration (the composite maps
+    an image point to the template, then the move maps it on), so its turns are about
+    the template's axes through the brain's centre in template space: the template
+    position of the image's in-view brain.
 
     Returns
     -------
     dict
-        Move name -> peak ratio, ``"registered"`` first; the check's own overlap for
-        ``modality`` (:func:`refacebids.modalities.registration_overlap`). Names:
-        ``"shift +x"`` (15 mm along world +x, LPS), ``"shift -y turn z"`` (and turned about
-        z), ``"turn z"`` (turned only).
+        Move name -> :func:`refacebids.core.registration.registration_quality`'s
+        record, ``"registered"`` first; the check's own overlap for ``modality``
+        (:func:`refacebids.modalities.registration_overlap`). Names: ``"shift +x"``
+        (15 mm along world +x, LPS), ``"shift -y turn z"`` (and turned about z),
+        ``"turn +z"`` (turned only).
     """
     import ants
 
@@ -119,9 +125,10 @@ def misregistration_peak_ratios(in_file, modality: str, composite: str, work: Pa
     reference, template_head = modalities.registration_inputs(head, template, modality)
     image, affine = working_image(reference, head.affine)
     overlap = modalities.registration_overlap(modality)
-    brain = template_image_at(template.brain_mask, template_coordinates(image.shape, affine, template, composite))
-    # The brain's centre in ITK's (LPS) world, about which the moves turn.
-    centre = (RAS_TO_LPS @ affine @ np.r_[np.argwhere(brain > 0.5).mean(axis=0), 1.0])[:3]
+    coords = template_coordinates(image.shape, affine, template, composite)
+    brain = template_image_at(template.brain_mask, coords) > 0.5
+    # The brain's centre in the template's ITK (LPS) world, about which the moves turn.
+    centre = (RAS_TO_LPS @ np.r_[coords[brain].mean(axis=0), 1.0])[:3]
 
     def moved(name: str, shift_axis=None, sign: int = 1, turn_axis=None) -> str:
         shift = np.zeros(3)
@@ -147,8 +154,17 @@ def misregistration_peak_ratios(in_file, modality: str, composite: str, work: Pa
             moves[f"shift {'-+'[sign > 0]}{letter} turn {'xyz'[turn]}"] = [
                 composite, moved(f"st{axis}{sign}", axis, sign, turn)]
             moves[f"turn {'-+'[sign > 0]}{letter}"] = [composite, moved(f"t{axis}{sign}", None, sign, axis)]
-    return {name: registration_quality(image, affine, template_head, transforms, overlap=overlap)["peak_ratio"]
+    return {name: registration_quality(image, affine, template_head, transforms, overlap=overlap)
             for name, transforms in moves.items()}
+
+
+def check_figures(checks: dict[str, dict]) -> str:
+    """One line of :func:`misregistration_checks`' figures: peak ratio (shifted probes) /
+    turn ratio (turned probes), and a CT's brain-like share."""
+    def figures(check):
+        text = f"{check['peak_ratio']:.2f}/{check['turn_ratio']:.2f}"
+        return text if check["brain_like"] is None else f"{text}/{check['brain_like']:.3f}"
+    return ", ".join(f"{name} {figures(check)}" for name, check in checks.items())
 
 
 @pytest.fixture(scope="session", autouse=True)

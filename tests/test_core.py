@@ -603,7 +603,7 @@ def test_edge_overlap_confirms_the_registered_template_and_refuses_it_moved():
     volume = _blobs()
     spacing = (2.0, 2.0, 2.0)
     covered = np.ones(volume.shape, bool)
-    dice, ratio = edge_overlap(volume, volume * 0.5 + 10, covered, spacing)  # any contrast
+    dice, ratio, _ = edge_overlap(volume, volume * 0.5 + 10, covered, spacing)  # any contrast
     assert dice == 1.0 and ratio >= 1.5
     for axis in range(3):
         for sign in (-1, 1):
@@ -621,7 +621,7 @@ def test_the_end_of_the_template_grid_is_no_edge_of_the_template():
     volume = _blobs()
     covered = np.zeros(volume.shape, bool)
     covered[:, :, :40] = True
-    dice, ratio = edge_overlap(volume, np.where(covered, volume, 0.0), covered, (2.0, 2.0, 2.0))
+    dice, ratio, _ = edge_overlap(volume, np.where(covered, volume, 0.0), covered, (2.0, 2.0, 2.0))
     assert dice == 1.0 and ratio >= 1.5
 
 
@@ -633,10 +633,167 @@ def test_edge_overlap_cannot_confirm_a_registration_along_a_cylinder():
     i, j, _ = np.indices((64, 64, 56), dtype=np.float32) - 31.5
     cylinder = np.where(i**2 + j**2 < 24**2, 100.0, 0.0).astype(np.float32)
     covered = np.ones(cylinder.shape, bool)
-    dice, ratio = edge_overlap(cylinder, cylinder, covered, (2.0, 2.0, 2.0))
+    dice, ratio, _ = edge_overlap(cylinder, cylinder, covered, (2.0, 2.0, 2.0))
     assert dice == 1.0 and ratio == pytest.approx(1.0, abs=0.02) and ratio < MIN_PEAK_RATIO
     # Nor do the ends of the template's grid across the cylinder, which probes moved
     # along it would carry into the scored voxels as edges the image does not have.
     covered[:, :, :12] = covered[:, :, 44:] = False
-    dice, ratio = edge_overlap(cylinder, np.where(covered, cylinder, 0.0), covered, (2.0, 2.0, 2.0))
+    dice, ratio, _ = edge_overlap(cylinder, np.where(covered, cylinder, 0.0), covered, (2.0, 2.0, 2.0))
     assert dice == 1.0 and ratio == pytest.approx(1.0, abs=0.02)
+
+
+def test_mapped_values_are_the_volume_interpolated_where_the_map_sends_each_voxel():
+    from refacebids.core.geometry import mapped_values
+
+    rng = np.random.default_rng(4)
+    volume = rng.normal(size=(21, 18, 16)).astype(np.float32)
+    where = rng.random(volume.shape) < 0.3
+    turn = nib.affines.from_matvec(nib.eulerangles.euler2mat(0.2, -0.1, 0.15) * 1.05, [1.5, -2.0, 0.7])
+    maps = [turn, np.linalg.inv(turn)]
+    values = mapped_values(volume, maps, where, outside=-9.0)
+    assert values.shape == (2, where.sum()) and values.dtype == np.float32
+    for row, voxel_map in enumerate(maps):
+        # output[o] = volume[matrix @ o + offset] over the whole grid, then read at ``where``
+        expected = ndi.affine_transform(volume, voxel_map[:3, :3], voxel_map[:3, 3], order=1,
+                                        mode="constant", cval=-9.0)
+        np.testing.assert_allclose(values[row], expected[where], atol=1e-5)
+    assert np.any(values == -9.0)  # the turn sends some voxels off the grid
+
+
+def test_linear_fit_recovers_the_affine_of_the_covered_voxels():
+    from refacebids.core.registration import linear_fit
+
+    shape = (30, 26, 22)
+    voxel_to_template = nib.affines.from_matvec(nib.eulerangles.euler2mat(0.3, 0.1, -0.2) * 2.1,
+                                                [-60.0, 14.0, 3.0])
+    ijk = np.moveaxis(np.indices(shape, dtype=np.float32), 0, -1)
+    coords = nib.affines.apply_affine(voxel_to_template, ijk).astype(np.float32)
+    covered = np.zeros(shape, bool)
+    covered[4:25, 5:20, 2:18] = True
+    coords[~covered] = -1e4  # beyond the template's grid: not the registration
+    np.testing.assert_allclose(linear_fit(coords, covered), voxel_to_template, atol=1e-3)
+    # A nonlinear part even about the covered voxels' centre (i = 14) leaves the matrix.
+    bump = np.cos((ijk[..., 0] - 14.0) * np.pi / 5.0)[..., None] * np.array([0.0, 0.0, 1.5], np.float32)
+    fit = linear_fit(coords + bump, covered)
+    np.testing.assert_allclose(fit[:3, :3], voxel_to_template[:3, :3], atol=0.05)
+    np.testing.assert_array_equal(linear_fit(coords, np.zeros(shape, bool)), np.eye(4))
+
+
+def test_turned_probes_turn_the_template_about_its_own_axes_through_the_centre():
+    from refacebids.core.registration import turned_probes
+
+    # An image grid oblique to the template, with 2 x 2 x 3 mm voxels.
+    voxel_to_template = nib.affines.from_matvec(nib.eulerangles.euler2mat(0.4, -0.3, 0.2) @ np.diag([2.0, 2.0, 3.0]),
+                                                [-80.0, -90.0, -40.0])
+    centre = np.array([1.0, -18.0, 12.0])
+    maps = turned_probes(voxel_to_template, centre, 15.0)
+    assert len(maps) == 6
+    voxels = np.random.default_rng(1).uniform(0, 60, size=(50, 3))
+    template_points = nib.affines.apply_affine(voxel_to_template, voxels)
+    centre_voxel = nib.affines.apply_affine(np.linalg.inv(voxel_to_template), centre)
+    for row, voxel_map in enumerate(maps):
+        axis, sign = divmod(row, 2)
+        turn = np.eye(3)
+        a, b = [other for other in range(3) if other != axis]
+        angle = np.deg2rad((1 if sign else -1) * 15.0)
+        turn[[a, a, b, b], [a, b, a, b]] = np.cos(angle), -np.sin(angle), np.sin(angle), np.cos(angle)
+        # Where a voxel's probe value comes from, the registered template shows the
+        # template point the turn brings to that voxel.
+        sources = nib.affines.apply_affine(voxel_map, voxels)
+        np.testing.assert_allclose(nib.affines.apply_affine(voxel_to_template, sources),
+                                   (template_points - centre) @ turn.T + centre, atol=1e-6)
+        np.testing.assert_allclose(nib.affines.apply_affine(voxel_map, centre_voxel), centre_voxel, atol=1e-9)
+    assert turned_probes(np.zeros((4, 4)), centre, 15.0) == []
+
+
+def _ellipsoid_head(shape=(96, 110, 100)):
+    """(I, J, K) float32 2 mm head without features, broader front to back than across
+    (64, 96, 84 mm half axes): scalp, a dark skull, brain; and its brain mask."""
+    centre = (np.asarray(shape) - 1) / 2
+    grid = (np.indices(shape, dtype=np.float32) - centre[:, None, None, None]) * 2.0
+
+    def inside(a, b, c):
+        return (grid[0] / a) ** 2 + (grid[1] / b) ** 2 + (grid[2] / c) ** 2 < 1
+
+    head = np.where(inside(64, 96, 84), 100.0, 0.0).astype(np.float32)
+    head[inside(58, 90, 78)] = 30.0
+    head[inside(52, 84, 72)] = 80.0
+    return head, inside(52, 84, 72).astype(np.float32)
+
+
+def test_a_head_turned_about_its_centre_passes_the_shifted_probes_and_fails_the_turned_ones():
+    """A nearly round head turned 10 degrees about the vertical through its centre still
+    fits better than the template shifted 8 mm: the turned probes refuse it."""
+    from refacebids.core.geometry import mapped_values
+    from refacebids.core.registration import MIN_PEAK_RATIO, SCALP, TURN_DEGREES, cranium_overlap, turned_probes
+
+    spacing = (2.0, 2.0, 2.0)
+    head, brain = _ellipsoid_head()
+    voxel_to_template = np.diag([*spacing, 1.0])
+    centre = (np.asarray(head.shape) - 1) / 2 * 2.0
+    labels = np.zeros(head.shape, np.uint8)
+    turns = turned_probes(voxel_to_template, centre, TURN_DEGREES[SCALP])
+    dice, peak_ratio, turn_ratio = cranium_overlap(head, head, labels, brain, spacing, turns)
+    assert dice == 1.0 and peak_ratio >= MIN_PEAK_RATIO and turn_ratio >= MIN_PEAK_RATIO
+    # The registration turned 10 degrees about the vertical (k): template, labels, brain.
+    turn = turned_probes(voxel_to_template, centre, 10.0)[5]
+    everywhere = np.ones(head.shape, bool)
+    turned_head, turned_brain = (mapped_values(values, [turn], everywhere, 0.0)[0].reshape(head.shape)
+                                 for values in (head, brain))
+    _, peak_ratio, turn_ratio = cranium_overlap(head, turned_head, labels, turned_brain, spacing, turns)
+    assert peak_ratio >= MIN_PEAK_RATIO  # the shifted probes alone would accept it
+    assert turn_ratio < 1.0
+    assert cranium_overlap(head, head, labels, brain, spacing)[2] is None  # no turns asked
+
+
+def test_edge_overlap_refuses_a_template_turned_about_its_centre():
+    from refacebids.core.geometry import mapped_values
+    from refacebids.core.registration import EDGES, MIN_PEAK_RATIO, TURN_DEGREES, edge_overlap, turned_probes
+
+    volume = _blobs()
+    spacing = (2.0, 2.0, 2.0)
+    covered = np.ones(volume.shape, bool)
+    voxel_to_template = np.diag([*spacing, 1.0])
+    centre = (np.asarray(volume.shape) - 1) / 2 * 2.0
+    turns = turned_probes(voxel_to_template, centre, TURN_DEGREES[EDGES])
+    dice, _, turn_ratio = edge_overlap(volume, volume, covered, spacing, turns)
+    assert dice == 1.0 and turn_ratio >= 1.5
+    for probe in (1, 3, 5):  # +10 degrees about each axis
+        turn = turned_probes(voxel_to_template, centre, 10.0)[probe]
+        turned = mapped_values(volume, [turn], covered, 0.0)[0].reshape(volume.shape)
+        assert edge_overlap(volume, turned, covered, spacing, turns)[2] < 1.0, probe
+
+
+def test_brain_values_of_a_ct_are_those_its_pseudo_t1w_gives_brain_alone():
+    from refacebids.core.ct import BRAIN_HU, pseudo_t1w, pseudo_t1w_range
+    from refacebids.core.registration import BRAIN_VALUES
+
+    assert BRAIN_VALUES == pseudo_t1w_range(*BRAIN_HU)
+    low, high = BRAIN_VALUES
+
+    def pseudo(hu_from, hu_to):
+        hu = np.broadcast_to(np.linspace(hu_from, hu_to, 200, dtype=np.float32)[:, None, None], (200, 3, 3))
+        return pseudo_t1w(np.ascontiguousarray(hu))
+
+    brain = pseudo(*BRAIN_HU)
+    assert brain.min() >= low and brain.max() <= high
+    assert brain.min() < low + 1.0 and brain.max() > high - 1.0  # the range is tight
+    for name, (hu_from, hu_to) in {"air": (-1000.0, -300.0), "fat": (-110.0, -85.0),
+                                   "dense bone": (600.0, 1500.0)}.items():
+        other = pseudo(hu_from, hu_to)[5:-5]  # away from the smoothing's reach of the ends
+        assert np.all((other < low) | (other > high)), name
+
+
+def test_the_template_brain_depth_and_centre_are_read_off_its_mask():
+    template = load_template()
+    mask_img = nib.load(template.brain_mask)
+    brain = np.asanyarray(mask_img.dataobj) > 0
+    depth = distance_mm(brain, mask_img.header.get_zooms()[:3])
+    voxels = np.argwhere(brain)[::5000]
+    coords = nib.affines.apply_affine(mask_img.affine, voxels).astype(np.float32)
+    np.testing.assert_allclose(warp.brain_depth_at(coords, template.brain_mask), depth[tuple(voxels.T)], atol=1e-4)
+    far = np.array([[500.0, 0.0, 0.0]], np.float32)
+    assert warp.brain_depth_at(far, template.brain_mask)[0] == 0.0
+    centre = warp.template_mask_centre(template.brain_mask)
+    np.testing.assert_allclose(centre, nib.affines.apply_affine(mask_img.affine, np.argwhere(brain).mean(axis=0)))
+    assert warp.brain_depth_at(centre[None].astype(np.float32), template.brain_mask)[0] > 40.0  # deep inside

@@ -27,7 +27,7 @@ from refacebids.core.warp import FACE, PROTECTED
 from refacebids.templates import load_template
 
 from . import measures
-from .conftest import DATA, engine_outcome, misregistration_peak_ratios
+from .conftest import DATA, check_figures, engine_outcome, misregistration_checks
 from .simulate import simulate_flair, simulate_t2star
 
 MOVED_SHARE = 0.90
@@ -138,7 +138,9 @@ def _values(img) -> np.ndarray:
 @pytest.mark.parametrize("case", _cases("test_registration_accepted"))
 def test_registration_accepted(refaced, case):
     record = refaced(case)["registration"]
-    print(f"{case}: {record['overlap']} overlap peak ratio {record['peak_ratio']:.2f}")
+    brain_like = "" if record["brain_like"] is None else f", brain-like share {record['brain_like']:.3f}"
+    print(f"{case}: {record['overlap']} overlap peak ratio {record['peak_ratio']:.2f}, "
+          f"turn ratio {record['turn_ratio']:.2f}{brain_like}")
     assert record["ok"], record
 
 
@@ -150,6 +152,11 @@ def test_register_node_refuses_a_failed_registration(tmp_path, monkeypatch):
         r"scalp overlap 0\.85 is not a peak: 1\.02 < 1\.15": {"ok": False, "head_dice": 0.85, "peak_ratio": 1.02},
         r"edges overlap 0\.31 is not a peak: 1\.04 < 1\.15": {
             "ok": False, "overlap": "edges", "head_dice": None, "edge_dice": 0.31, "peak_ratio": 1.04},
+        r"\(0\.94 < 1\.15 of the overlap turned 15 degrees\)": {
+            "ok": False, "head_dice": 0.9, "peak_ratio": 1.6, "turn_ratio": 0.94, "brain_like": None},
+        r"\(84% of the image where the template's brain lies deep holds brain values, < 90%\)": {
+            "ok": False, "overlap": "edges", "head_dice": None, "edge_dice": 0.36, "peak_ratio": 1.52,
+            "turn_ratio": 1.39, "brain_like": 0.839},
     }
     for message, failed in records.items():
         monkeypatch.setattr(RegisterTemplate, "_register", lambda self, image_file, out_dir, failed=failed: failed)
@@ -174,28 +181,27 @@ def test_misregistration_is_flagged(refaced):
     warped = template_image_at(template.t1w, coords)
     labels = template_image_at(template.dseg, coords, order=0)
     near_brain = template_image_at(template.brain_mask, coords)
-    _, ratio = cranium_overlap(image, warped, labels, near_brain, spacing)
+    _, ratio, _ = cranium_overlap(image, warped, labels, near_brain, spacing)
     assert ratio >= MIN_PEAK_RATIO
     for axis in range(3):
         shift = np.zeros(3)
         shift[axis] = 15.0 / spacing[axis]
         moved = ndi.shift(warped, shift, order=1)
-        _, ratio = cranium_overlap(image, moved, labels, near_brain, spacing)
+        _, ratio, _ = cranium_overlap(image, moved, labels, near_brain, spacing)
         assert ratio < MIN_PEAK_RATIO, axis
 
 
 @pytest.mark.slow
 def test_misregistration_moved_as_a_whole_is_refused(refaced, tmp_path):
     """The registration moved as a whole (labels too) 15 mm along any axis, with or
-    without a 10 degree turn, fails the check; turns alone are printed (see conftest)."""
-    from refacebids.core.registration import MIN_PEAK_RATIO
-
+    without a 10 degree turn, or turned 10 degrees alone about the brain's centre,
+    fails the check (see conftest)."""
     result = refaced("ixi049_T1w")
-    ratios = misregistration_peak_ratios(result["in"].get_filename(), "T1w",
-                                         result["registration"]["composite"], tmp_path)
-    print("ixi049_T1w: " + ", ".join(f"{name} {ratio:.2f}" for name, ratio in ratios.items()))
-    assert ratios.pop("registered") >= MIN_PEAK_RATIO
-    assert all(ratio < MIN_PEAK_RATIO for name, ratio in ratios.items() if name.startswith("shift")), ratios
+    checks = misregistration_checks(result["in"].get_filename(), "T1w",
+                                    result["registration"]["composite"], tmp_path)
+    print("ixi049_T1w (peak/turn ratio): " + check_figures(checks))
+    assert checks.pop("registered")["ok"]
+    assert not [name for name, check in checks.items() if check["ok"]], check_figures(checks)
 
 
 @pytest.mark.parametrize("case", _cases("test_header_and_storage_preserved"))

@@ -58,6 +58,10 @@ STREAK_MM = 40.0  # metal streaks run across the slice this far from the metal
 PSEUDO_T1W_HU = (-1000.0, -300.0, -100.0, -40.0, 8.0, 28.0, 40.0, 60.0, 200.0, 1000.0)
 PSEUDO_T1W_VALUES = (0.0, 10.0, 150.0, 120.0, 30.0, 140.0, 95.0, 88.0, 40.0, 15.0)
 PSEUDO_T1W_SMOOTHING_VOXELS = 0.7
+# Brain in HU: CSF, grey and white matter, fresh blood and oedema. The pseudo-T1w gives
+# it 30 (CSF, 8 HU) to 140 (white matter, 28 HU); only air and lung (below -271 HU),
+# fat (-114 to -80 HU) and dense bone or metal (above 520 HU) fall outside.
+BRAIN_HU = (-20.0, 100.0)
 
 
 def pseudo_t1w(hu: np.ndarray) -> np.ndarray:
@@ -68,6 +72,20 @@ def pseudo_t1w(hu: np.ndarray) -> np.ndarray:
     """
     smooth = ndi.gaussian_filter(hu.astype(np.float32), PSEUDO_T1W_SMOOTHING_VOXELS)
     return np.interp(smooth, PSEUDO_T1W_HU, PSEUDO_T1W_VALUES).astype(np.float32)
+
+
+def pseudo_t1w_range(low: float, high: float) -> tuple[float, float]:
+    """The least and the greatest :func:`pseudo_t1w` value of HU from ``low`` to ``high``
+    (of the HU after its smoothing: a region of such HU gives no other value).
+
+    >>> pseudo_t1w_range(*BRAIN_HU)
+    (30.0, 140.0)
+    >>> pseudo_t1w_range(-1000.0, -300.0)  # air
+    (0.0, 10.0)
+    """
+    knots = [hu for hu in PSEUDO_T1W_HU if low < hu < high]
+    values = np.interp([low, *knots, high], PSEUDO_T1W_HU, PSEUDO_T1W_VALUES)
+    return float(values.min()), float(values.max())
 
 
 def pseudo_ct(t1w: np.ndarray, brain: np.ndarray, zooms) -> np.ndarray:

@@ -23,7 +23,16 @@ from scipy import ndimage as ndi
 
 from ..utils.threads import use_itk_threads
 from . import antslib
-from .geometry import distance_mm, itk_affine, resample_aligned, shifted_along, working_grid, world_grid
+from .ct import BRAIN_HU, pseudo_t1w_range
+from .geometry import (
+    distance_mm,
+    itk_affine,
+    mapped_values,
+    resample_aligned,
+    shifted_along,
+    working_grid,
+    world_grid,
+)
 from .similarity import mutual_information
 from .surface import head_mask, signed_depth
 from .transform import map_points, read_transforms
@@ -83,13 +92,15 @@ STAGES = (
     Stage("SyN[0.2,3,0]", "", iterations=(40, 10), shrink=(4, 2), smoothing=(2, 1), convergence="1e-7,8"),
 )
 # A registration is reported as failed, not used, unless its overlap with the image
-# (SCALP or EDGES, below) beats that of the same template moved 8 mm along any axis by
-# this factor: correct registrations reached 1.36-1.95 on real and simulated heads of
-# every contrast (T1w, T2w, PD, T2*, FLAIR, PET; CT on its edges 1.49-1.80), the
-# registration moved as a whole by 15 mm along an axis 0.41-1.04, and by as much with a
-# 10 degree turn 0.43-0.93 (IXI049 T1w, vtk and mricrogl CT). The probes are shifts: a
-# turn alone, about the brain's centre, is seen only about an axis the head is far from
-# round about (IXI049 T1w: 1.13-1.63, vtk CT 0.60-1.12, mricrogl CT 0.83-1.44).
+# (SCALP or EDGES, below) beats that of the same template moved 8 mm along any axis
+# (``peak_ratio``), and that of the same template turned TURN_DEGREES about any of its
+# own axes through its brain's centre (``turn_ratio``), by this factor each. Shifted
+# probes: correct registrations reached 1.36-1.95 on real and simulated heads of every
+# contrast (T1w, T2w, PD, T2*, FLAIR, PET; CT on its edges 1.49-1.80), the registration
+# moved as a whole by 15 mm along an axis 0.41-1.04, and by as much with a 10 degree
+# turn 0.43-0.93 (IXI049 T1w, vtk and mricrogl CT). A turn alone about the brain's
+# centre fits a shift-peak where the head is nearly round (IXI049 T1w up to 1.63,
+# mricrogl CT 1.45, vtk CT 1.11): the turned probes see it.
 MIN_PEAK_RATIO = 1.15
 # What the check overlaps (chosen by the BIDS suffix, refacebids.modalities):
 # - SCALP: the scalp shell over the cranium, which every contrast shows, where facial
@@ -99,6 +110,31 @@ MIN_PEAK_RATIO = 1.15
 #   A CT of the skull base and face has too little cranium for the scalp: what is left
 #   of it is nearly a cylinder, which a probe moved 8 mm along it fits as well.
 SCALP, EDGES = "scalp", "edges"
+# How far the turned probes turn, by overlap. A probe turned too little is a peak
+# itself (the registration beats it by less than MIN_PEAK_RATIO); one turned too far
+# leaves a registration turned less than it, or about another axis, nearer none of the
+# probes than to the truth. The scalp over a nearly round cranium changes slowly with a
+# turn about its centre: correct registrations beat probes turned 10 degrees by
+# 1.12-1.20 only, 15 degrees by 1.24-1.35 (every MRI and PET case of the tests), and
+# IXI049 T1w turned 10 degrees alone then scores 0.86-0.98 (about a diagonal axis
+# 1.00-1.06). A CT's edges change fast: 7.5 degrees is beaten by 1.40-1.53 (the CT
+# cases) and refuses every 10 degree turn measured, about the three axes (vtk 0.59-0.79,
+# mricrogl 0.69-0.78) and the diagonals (up to 1.12, vtk); at 15 degrees turns about a
+# diagonal passed (mricrogl 1.15, vtk 1.22).
+TURN_DEGREES = {SCALP: 15.0, EDGES: 7.5}
+# A CT's check also asks that the image hold brain where the template's brain is: the
+# registered image is the CT's pseudo-T1w (core/ct.py), in which brain (-20 to 100 HU)
+# is 30-140 and only air, fat and dense bone fall outside. More than BRAIN_DEPTH_MM
+# inside the registered template's brain (clear of the skull a correct registration may
+# miss by a few mm, and of its partial volume), at least MIN_BRAIN_LIKE of the voxels in
+# view must hold brain values. Correct CT registrations: 0.983-0.999 (mricrogl,
+# simulated IXI049, vtk; mricrogl cut at 140-180 mm above its lowest slice); CTs of the
+# face and neck alone (cut at 112 and 124 mm) registered with the template's brain on
+# the face, 110 mm off: 0.839 and 0.847 (sinuses, mouth, jaw and fat in the template's
+# brain); the vtk CT registered 80 mm off: 0.818.
+BRAIN_DEPTH_MM = 15.0
+BRAIN_VALUES = pseudo_t1w_range(*BRAIN_HU)
+MIN_BRAIN_LIKE = 0.90
 # Edges are the voxels with the EDGE_SHARE steepest intensity gradients of the region
 # scored, after Gaussian smoothing of one working voxel (the finest detail the
 # registration sees).
@@ -123,7 +159,10 @@ class RegistrationResult:
 
     ``overlap`` names what the check scored (``SCALP`` or ``EDGES``); ``head_dice`` is
     the scalp overlap's Dice and ``edge_dice`` the edges', each ``None`` when the check
-    scored the other; ``peak_ratio`` is that of ``overlap``.
+    scored the other; ``peak_ratio`` and ``turn_ratio`` are that of ``overlap`` over its
+    shifted and its turned probes; ``brain_like`` is a CT's share of brain values where
+    the template's brain is (``None`` otherwise). ``None`` in a record written before
+    they were measured.
     """
 
     composite: str
@@ -133,6 +172,8 @@ class RegistrationResult:
     ok: bool
     overlap: str = SCALP
     edge_dice: float | None = None
+    turn_ratio: float | None = None
+    brain_like: float | None = None
     settings: dict = field(default_factory=dict)
 
     def as_dict(self) -> dict:
@@ -283,44 +324,85 @@ def registration_quality(
         ``similarity`` (negative mutual information, lower is better,
         :func:`refacebids.core.similarity.mutual_information`), ``overlap``,
         ``head_dice`` and ``edge_dice`` (the one not scored is ``None``), ``peak_ratio``
-        and ``ok``.
+        (over the shifted probes), ``turn_ratio`` (over the turned ones), ``brain_like``
+        (:func:`brain_like_share` for EDGES, else ``None``) and ``ok``: both ratios at
+        least ``MIN_PEAK_RATIO`` and ``brain_like``, when measured, ``MIN_BRAIN_LIKE``.
     """
-    from .warp import template_image_at
+    from .warp import brain_depth_at, template_image_at, template_mask_centre
 
+    if overlap not in (SCALP, EDGES):
+        raise ValueError(f"unknown registration overlap {overlap!r}")
     spacing = np.linalg.norm(affine[:3, :3], axis=0)
     coords = map_points(read_transforms(transforms), world_grid(affine, image.shape))
     values = template_image_at(template_file, coords, outside=OUTSIDE_TEMPLATE)
     covered = values > 0.5 * OUTSIDE_TEMPLATE
     warped = np.where(covered, values, np.float32(0.0))  # ANTs' resampling writes 0 beyond the grid
-    head_dice = edge_dice = None
+    folder = Path(template_file).parent
+    brain_file = next(folder.glob("*_desc-brain_mask.nii*"))
+    turns = turned_probes(linear_fit(coords, covered), template_mask_centre(brain_file), TURN_DEGREES[overlap])
+    head_dice = edge_dice = brain_like = None
     if overlap == EDGES:
-        edge_dice, peak_ratio = edge_overlap(image, warped, covered, spacing)
-    elif overlap == SCALP:
-        folder = Path(template_file).parent
-        labels = template_image_at(next(folder.glob("*_desc-reface_dseg.nii*")), coords, order=0)
-        near_brain = template_image_at(next(folder.glob("*_desc-brain_mask.nii*")), coords)
-        head_dice, peak_ratio = cranium_overlap(image, warped, labels, near_brain, spacing)
+        edge_dice, peak_ratio, turn_ratio = edge_overlap(image, warped, covered, spacing, turns)
+        every_other = (slice(None, None, 2),) * 3
+        brain_like = brain_like_share(image[every_other], brain_depth_at(coords[every_other], brain_file),
+                                      BRAIN_VALUES)
     else:
-        raise ValueError(f"unknown registration overlap {overlap!r}")
+        labels = template_image_at(next(folder.glob("*_desc-reface_dseg.nii*")), coords, order=0)
+        near_brain = template_image_at(brain_file, coords)
+        head_dice, peak_ratio, turn_ratio = cranium_overlap(image, warped, labels, near_brain, spacing, turns)
     return {
         "similarity": mutual_information(image, warped),
         "overlap": overlap,
         "head_dice": head_dice,
         "edge_dice": edge_dice,
         "peak_ratio": peak_ratio,
-        "ok": bool(peak_ratio >= MIN_PEAK_RATIO),
+        "turn_ratio": turn_ratio,
+        "brain_like": brain_like,
+        "ok": bool(peak_ratio >= MIN_PEAK_RATIO and turn_ratio >= MIN_PEAK_RATIO
+                   and (brain_like is None or brain_like >= MIN_BRAIN_LIKE)),
     }
 
 
+def check_failures(record: dict) -> list[str]:
+    """What a registration record's check failed on, one phrase per test (empty when it
+    passed), for the refusal's message. A record written before a test was measured
+    (``turn_ratio`` or ``brain_like`` missing) is judged on what it holds.
+
+    >>> for failure in check_failures({"head_dice": 0.85, "peak_ratio": 1.02, "turn_ratio": 1.1}):
+    ...     print(failure)
+    scalp overlap 0.85 is not a peak: 1.02 < 1.15 of the overlap 8 mm off
+    1.10 < 1.15 of the overlap turned 15 degrees
+    >>> check_failures({"overlap": "edges", "edge_dice": 0.36, "peak_ratio": 1.52, "turn_ratio": 1.39,
+    ...                 "brain_like": 0.839})
+    ["84% of the image where the template's brain lies deep holds brain values, < 90%"]
+    """
+    overlap = record.get("overlap", SCALP)
+    dice = record["edge_dice"] if overlap == EDGES else record["head_dice"]
+    failures = []
+    if record["peak_ratio"] < MIN_PEAK_RATIO:
+        failures.append(f"{overlap} overlap {dice:.2f} is not a peak: {record['peak_ratio']:.2f} < "
+                        f"{MIN_PEAK_RATIO} of the overlap {PROBE_MM:g} mm off")
+    turn_ratio = record.get("turn_ratio")
+    if turn_ratio is not None and turn_ratio < MIN_PEAK_RATIO:
+        failures.append(f"{turn_ratio:.2f} < {MIN_PEAK_RATIO} of the overlap turned "
+                        f"{TURN_DEGREES[overlap]:g} degrees")
+    brain_like = record.get("brain_like")
+    if brain_like is not None and brain_like < MIN_BRAIN_LIKE:
+        failures.append(f"{brain_like:.0%} of the image where the template's brain lies deep holds brain "
+                        f"values, < {MIN_BRAIN_LIKE:.0%}")
+    return failures
+
+
 def cranium_overlap(
-    image: np.ndarray, warped: np.ndarray, labels: np.ndarray, near_brain: np.ndarray, spacing
-) -> tuple[float, float]:
+    image: np.ndarray, warped: np.ndarray, labels: np.ndarray, near_brain: np.ndarray, spacing, turns=(),
+) -> tuple[float, float, float | None]:
     """How well the registered template's scalp meets the image's, over the cranium.
 
-    Returns the Dice of the two scalp shells and its ratio to the best Dice reached
-    when the registered template is moved by ``PROBE_MM`` along any axis. A correct
-    registration is a peak (ratio > 1); the absolute Dice depends on the contrast of
-    the scalp, the ratio does not. The cranium (within ``CRANIUM_MM`` of the brain,
+    Returns the Dice of the two scalp shells, its ratio to the best Dice reached when
+    the registered template is moved by ``PROBE_MM`` along any axis, and its ratio to
+    the best reached when it is turned by each of ``turns`` (``None`` without). A
+    correct registration is a peak (ratios > 1); the absolute Dice depends on the
+    contrast of the scalp, the ratios do not. The cranium (within ``CRANIUM_MM`` of the brain,
     face, cheeks, jaw and ears left out) has scalp in every contrast, where facial soft
     tissue may not show.
 
@@ -340,6 +422,8 @@ def cranium_overlap(
         image's grid.
     spacing : (3,) sequence
         Voxel size (mm).
+    turns : sequence of (4, 4) ndarray
+        Voxel maps of the turned probes (:func:`turned_probes`).
     """
     from .warp import FOREHEAD, TISSUE_LABELS
 
@@ -357,10 +441,17 @@ def cranium_overlap(
     for axis, steps in probe_steps(spacing):
         moved = shifted_along(template_depth, axis, steps, outside=1e6)
         probes.append(_dice(image_shell, _shell(moved + dark) & cranium))
-    return dice, dice / max(max(probes), 1e-6)
+    # A turned probe is scored on the cranium's voxels alone, which hold every voxel of
+    # the image's shell: the same Dice, interpolated at a fraction of the voxels.
+    image_shell_at = image_shell[cranium]
+    turned = [_dice(image_shell_at, _shell(depth + dark))
+              for depth in mapped_values(template_depth, turns, cranium, outside=1e6)]
+    return dice, dice / max(max(probes), 1e-6), _peak_ratio(dice, turned)
 
 
-def edge_overlap(image: np.ndarray, template: np.ndarray, covered: np.ndarray, spacing) -> tuple[float, float]:
+def edge_overlap(
+    image: np.ndarray, template: np.ndarray, covered: np.ndarray, spacing, turns=(),
+) -> tuple[float, float, float | None]:
     """How well the registered template's strongest edges meet the image's.
 
     Edges are the ``EDGE_SHARE`` of the scored voxels with the steepest intensity
@@ -380,6 +471,8 @@ def edge_overlap(image: np.ndarray, template: np.ndarray, covered: np.ndarray, s
         Where the template's grid reaches.
     spacing : (3,) sequence
         Voxel size (mm).
+    turns : sequence of (4, 4) ndarray
+        Voxel maps of the turned probes (:func:`turned_probes`).
 
     Returns
     -------
@@ -387,18 +480,25 @@ def edge_overlap(image: np.ndarray, template: np.ndarray, covered: np.ndarray, s
         Dice of the two edge sets.
     peak_ratio : float
         ``dice`` over the best Dice of the template moved by ``PROBE_MM`` along any axis
-        (:func:`probe_steps`). Both 0 when no voxel can be scored (the check refuses).
+        (:func:`probe_steps`).
+    turn_ratio : float or None
+        ``dice`` over the best Dice of the template turned by ``turns``; ``None``
+        without. The ratios are 0 when no voxel can be scored (the check refuses).
 
     Notes
     -----
-    Only voxels that every probe sees under the template are scored
+    Only voxels that every shifted probe sees under the template are scored
     (:func:`probe_region`): a probe moved towards an edge of the field of view or of
-    the template's grid is scored on the same voxels as the registration.
+    the template's grid is scored on the same voxels as the registration. A turn
+    carries voxels far from its axis further than a shift: the template's gradient
+    within the smoothing's reach of its grid's end (the step to the value beyond it)
+    is no edge for a turned probe.
     """
     spacing = np.asarray(spacing, float)
-    region = probe_region(covered, spacing)
+    covered_depth = distance_mm(covered, spacing)
+    region = probe_region(covered, spacing, covered_depth)
     if not region.any():
-        return 0.0, 0.0
+        return 0.0, 0.0, (0.0 if len(turns) else None)
     image_gradient = gradient_magnitude(image, spacing)
     image_edges = (image_gradient > edge_level(image_gradient, region)) & region
     template_gradient = gradient_magnitude(template, spacing)
@@ -408,7 +508,13 @@ def edge_overlap(image: np.ndarray, template: np.ndarray, covered: np.ndarray, s
         _dice(image_edges, (shifted_along(template_gradient, axis, steps, outside=0.0) > level) & region)
         for axis, steps in probe_steps(spacing)
     ]
-    return dice, dice / max(max(probes), 1e-6)
+    turned = []
+    if len(turns):
+        template_gradient = np.where(covered_depth > 2.0 * EDGE_SMOOTHING_MM, template_gradient, np.float32(0.0))
+        image_edges_at = image_edges[region]
+        turned = [_dice(image_edges_at, gradient > level)
+                  for gradient in mapped_values(template_gradient, turns, region, outside=0.0)]
+    return dice, dice / max(max(probes), 1e-6), _peak_ratio(dice, turned)
 
 
 def probe_steps(spacing) -> list[tuple[int, float]]:
@@ -425,17 +531,120 @@ def probe_steps(spacing) -> list[tuple[int, float]]:
     return [(axis, sign * PROBE_MM / float(spacing[axis])) for axis in range(3) for sign in (-1, 1)]
 
 
-def probe_region(covered: np.ndarray, spacing) -> np.ndarray:
-    """(I, J, K) bool: voxels every probe sees under the template, away from the artefacts
-    of its grid's edge.
+def linear_fit(coords: np.ndarray, where: np.ndarray) -> np.ndarray:
+    """(4, 4) affine from voxel indices to template coordinates, closest (least squares)
+    to the registration's ``coords`` (I, J, K, 3) at the True voxels of ``where`` (I, J, K)
+    bool: the registration less its nonlinear part.
+
+    Fitted on every other voxel along each axis (the eighth of them: the same affine
+    within a small fraction of a millimetre, at an eighth of the cost), or on all of
+    them when that leaves fewer than 100. The identity when ``where`` holds fewer than
+    4 voxels.
+
+    >>> coords = np.moveaxis(np.indices((6, 5, 4), dtype=np.float32), 0, -1) * 2.0 + 10.0
+    >>> linear_fit(coords, np.ones((6, 5, 4), bool)).round(6).tolist()[0]
+    [2.0, 0.0, 0.0, 10.0]
+    """
+    step = (slice(None, None, 2),) * 3
+    if np.count_nonzero(where[step]) < 100:
+        step = (slice(None),) * 3
+    index = np.nonzero(where[step])
+    fit = np.eye(4)
+    if len(index[0]) < 4:
+        return fit
+    stride = np.array([s.step or 1 for s in step], float)
+    voxels = np.column_stack([np.stack(index, axis=-1) * stride, np.ones(len(index[0]))])
+    solution, *_ = np.linalg.lstsq(voxels, coords[step][index].astype(float), rcond=None)
+    fit[:3] = solution.T
+    return fit
+
+
+def turned_probes(voxel_to_template: np.ndarray, centre, degrees: float) -> list[np.ndarray]:
+    """Voxel maps of the six turned probes: the registered template turned by ``degrees``
+    one way and the other about each of its own axes (left-right, back-front, down-up)
+    through ``centre`` (3,) (template mm, its brain's centre).
+
+    Parameters
+    ----------
+    voxel_to_template : (4, 4) ndarray
+        The registration as an affine from the image grid's voxels to template mm
+        (:func:`linear_fit`).
+    centre : (3,) sequence
+        Template RAS mm.
+    degrees : float
+
+    Returns
+    -------
+    list of (4, 4) ndarray
+        For each probe, the map from an image voxel to the voxel where the registered
+        template shows what the probe shows there (:func:`geometry.mapped_values`).
+        Empty when ``voxel_to_template`` is singular (no turn can be scored).
+
+    >>> maps = turned_probes(np.diag([2.0, 2.0, 2.0, 1.0]), (10.0, 0.0, 0.0), 90.0)
+    >>> (maps[1] @ [5.0, 0.0, 3.0, 1.0]).round(6).tolist()  # +90 degrees about x
+    [5.0, -3.0, 0.0, 1.0]
+    """
+    try:
+        to_voxel = np.linalg.inv(voxel_to_template)
+    except np.linalg.LinAlgError:
+        return []
+    centre = np.asarray(centre, float)
+    maps = []
+    for axis in range(3):
+        a, b = [other for other in range(3) if other != axis]
+        for sign in (-1, 1):
+            angle = np.deg2rad(sign * degrees)
+            turn = np.eye(4)
+            turn[[a, a, b, b], [a, b, a, b]] = np.cos(angle), -np.sin(angle), np.sin(angle), np.cos(angle)
+            turn[:3, 3] = centre - turn[:3, :3] @ centre
+            maps.append(to_voxel @ turn @ voxel_to_template)
+    return maps
+
+
+def brain_like_share(image: np.ndarray, brain_depth: np.ndarray, values) -> float | None:
+    """Share of the image's voxels more than ``BRAIN_DEPTH_MM`` inside the registered
+    template's brain whose value lies in ``values`` (low, high), or ``None`` when the
+    field of view holds no such voxel (nothing to say).
+
+    Parameters
+    ----------
+    image : (I, J, K) ndarray
+        The working image (or every other voxel of it: the same share within a fraction
+        of a percent, for an eighth of the look-ups).
+    brain_depth : (I, J, K) ndarray
+        Depth (template mm) inside the template's brain at those voxels'
+        template positions (:func:`refacebids.core.warp.brain_depth_at`): a brain the
+        field of view cuts is as deep at the cut as beneath it.
+    values : (2,) sequence
+        The values brain can have in ``image``.
+
+    >>> depth = np.array([0.0, 10.0, 20.0, 20.0, 30.0, 40.0])
+    >>> image = np.array([0.0, 0.0, 0.0, 50.0, 90.0, 200.0])  # air, then brain, then bone
+    >>> brain_like_share(image, depth, (30.0, 140.0))
+    0.5
+    >>> brain_like_share(image, np.zeros(6), (30.0, 140.0)) is None
+    True
+    """
+    inside = np.asarray(image)[np.asarray(brain_depth) > BRAIN_DEPTH_MM]
+    if not inside.size:
+        return None
+    return float(np.mean((inside >= values[0]) & (inside <= values[1])))
+
+
+def probe_region(covered: np.ndarray, spacing, covered_depth: np.ndarray | None = None) -> np.ndarray:
+    """(I, J, K) bool: voxels every shifted probe sees under the template, away from the
+    artefacts of its grid's edge.
 
     At least ``PROBE_MM`` inside the grid, and ``PROBE_MM`` plus twice
     ``EDGE_SMOOTHING_MM`` inside ``covered`` ((I, J, K) bool, where the template's grid
     reaches): the smoothed gradient sees the step to the value outside the template's
-    grid that far, and a probe carries it ``PROBE_MM`` further in.
+    grid that far, and a probe carries it ``PROBE_MM`` further in. ``covered_depth``
+    (I, J, K), ``distance_mm(covered, spacing)``, when the caller has it.
     """
     spacing = np.asarray(spacing, float)
-    inside = distance_mm(covered, spacing) > PROBE_MM + 2.0 * EDGE_SMOOTHING_MM
+    if covered_depth is None:
+        covered_depth = distance_mm(covered, spacing)
+    inside = covered_depth > PROBE_MM + 2.0 * EDGE_SMOOTHING_MM
     margin = np.ceil(PROBE_MM / spacing - 1e-6).astype(int)
     away_from_grid_edge = np.zeros(covered.shape, bool)
     away_from_grid_edge[tuple(slice(m, n - m) for m, n in zip(margin, covered.shape))] = True
@@ -472,6 +681,10 @@ def _shell(depth: np.ndarray) -> np.ndarray:
     """The outer ``SHELL_MM`` of a head (scalp and skull) from its signed depth: solid
     heads overlap even when off."""
     return (depth < 0) & (depth >= -SHELL_MM)
+
+
+def _peak_ratio(dice: float, probes: list) -> float | None:
+    return dice / max(max(probes), 1e-6) if probes else None
 
 
 def _dice(a: np.ndarray, b: np.ndarray) -> float:

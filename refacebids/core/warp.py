@@ -216,6 +216,33 @@ def template_image_at(image_file, coords: np.ndarray, *, order: int = 1, outside
     return sampled.reshape(coords.shape[:-1])
 
 
+def brain_depth_at(coords: np.ndarray, brain_mask_file) -> np.ndarray:
+    """(...) float32 depth (mm) inside the template's brain at template coordinates ``coords``
+    (..., 3), linearly interpolated; 0 outside the brain and beyond the template's grid."""
+    depth, affine = _template_brain_depth(str(brain_mask_file))
+    index = world_to_voxel(coords.reshape(-1, 3), affine).T
+    values = ndi.map_coordinates(depth, index, order=1, mode="constant", cval=0.0)
+    return values.reshape(coords.shape[:-1]).astype(np.float32)
+
+
+@lru_cache(maxsize=4)
+def _template_brain_depth(brain_mask_file: str) -> tuple[np.ndarray, np.ndarray]:
+    """(X, Y, Z) float32 depth (mm) inside the template's brain, and its affine."""
+    brain_img = nib.load(brain_mask_file)
+    depth = distance_mm(np.asanyarray(brain_img.dataobj) > 0, brain_img.header.get_zooms()[:3])
+    depth.flags.writeable = False  # shared by every call in the process
+    return depth, brain_img.affine
+
+
+@lru_cache(maxsize=4)
+def template_mask_centre(mask_file) -> np.ndarray:
+    """(3,) RAS mm centre (mean position) of a template-space mask's voxels above 0.5."""
+    values, affine = _template_image(str(mask_file))
+    centre = affine @ np.r_[np.argwhere(values > 0.5).mean(axis=0), 1.0]
+    centre.flags.writeable = False  # shared by every call in the process
+    return centre[:3]
+
+
 @lru_cache(maxsize=8)
 def _template_image(image_file: str) -> tuple[np.ndarray, np.ndarray]:
     """(X, Y, Z) float32 values of a template-space image, and its affine."""

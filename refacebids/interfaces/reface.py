@@ -18,7 +18,7 @@ from nipype.interfaces.base import (
 )
 
 from .. import engine
-from ..core.registration import EDGES, MIN_PEAK_RATIO, SCALP
+from ..core.registration import SCALP, check_failures
 from ..templates import load_template
 from ..utils.memory import reuse_freed_memory
 from ..utils.threads import use_itk_threads
@@ -75,12 +75,8 @@ class RegisterTemplate(SimpleInterface):
         image_file = _uncompressed(self.inputs.in_file, runtime.cwd)
         record = self._register(image_file, runtime.cwd)
         if not record["ok"]:
-            overlap = record.get("overlap", SCALP)
-            dice = record["edge_dice"] if overlap == EDGES else record["head_dice"]
             raise engine.RegistrationFailed(
-                f"template registration failed ({overlap} overlap {dice:.2f} is not a peak: "
-                f"{record['peak_ratio']:.2f} < {MIN_PEAK_RATIO} of the overlap 8 mm off); not refaced"
-            )
+                f"template registration failed ({'; '.join(check_failures(record))}); not refaced")
         self._results["composite"] = record["composite"]
         self._results["registration"] = os.path.join(runtime.cwd, "registration.json")
         self._results["image_file"] = image_file
@@ -215,6 +211,8 @@ class ReplaceFace(SimpleInterface):
             "head_dice": registration["head_dice"],
             "edge_dice": registration.get("edge_dice"),
             "peak_ratio": registration["peak_ratio"],
+            "turn_ratio": registration.get("turn_ratio"),
+            "brain_like": registration.get("brain_like"),
             "ok": registration["ok"],
         }
         # A registration through the session's T1w that fell back says so.

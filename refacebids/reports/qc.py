@@ -26,7 +26,8 @@ from ..utils.provenance import PROVENANCE_KEY
 # strongest edges) beats that of the template moved 8 mm by less than 1.15
 # (core.registration.MIN_PEAK_RATIO); correct fits reached 1.36-1.95 on real and
 # simulated heads. A fit that passed by a small margin, or whose scalp overlap is low,
-# deserves a look.
+# deserves a look. (The check's other tests, against the template turned and a CT's
+# brain values, refuse or pass: their figures are in the record, not flagged here.)
 SUSPECT_PEAK_RATIO = 1.5
 SUSPECT_HEAD_DICE = 0.8
 # Targets of the replacement's look (issue 1 and the README's table).
