@@ -122,19 +122,15 @@ def brain_distance_at(coords: np.ndarray, template) -> np.ndarray:
 
     Beyond the template's grid the distance is taken as infinite (1e6 mm).
     """
-    distance, affine = _template_brain_distance(str(template.brain_mask))
+    return _linear_at(*_template_brain_distances(str(template.brain_mask), inside=False), coords, outside=1e6)
+
+
+def _linear_at(volume: np.ndarray, affine: np.ndarray, coords: np.ndarray, outside: float) -> np.ndarray:
+    """(...) float32 linear interpolation of a template-space (X, Y, Z) ``volume`` at template
+    coordinates ``coords`` (..., 3); ``outside`` beyond its grid."""
     index = world_to_voxel(coords.reshape(-1, 3), affine).T
-    values = ndi.map_coordinates(distance, index, order=1, mode="constant", cval=1e6)
+    values = ndi.map_coordinates(volume, index, order=1, mode="constant", cval=outside)
     return values.reshape(coords.shape[:-1]).astype(np.float32)
-
-
-@lru_cache(maxsize=4)
-def _template_labels(dseg_file: str) -> tuple[np.ndarray, np.ndarray]:
-    """(X, Y, Z) uint8 refacing labels of a template, and their affine."""
-    img = nib.load(dseg_file)
-    labels = np.asanyarray(img.dataobj).astype(np.uint8)
-    labels.flags.writeable = False  # shared by every call in the process
-    return labels, img.affine
 
 
 def with_placed_face(labels: np.ndarray, affine: np.ndarray, template, head_affine: np.ndarray) -> np.ndarray:
@@ -191,11 +187,12 @@ def is_label(labels: np.ndarray, which) -> np.ndarray:
 
 
 @lru_cache(maxsize=4)
-def _template_brain_distance(brain_mask_file: str) -> tuple[np.ndarray, np.ndarray]:
-    """(X, Y, Z) float32 distance (mm) outside the template's brain, and its affine."""
+def _template_brain_distances(brain_mask_file: str, inside: bool) -> tuple[np.ndarray, np.ndarray]:
+    """(X, Y, Z) float32 distance (mm) to the template's brain from outside it (``inside``
+    False) or from its inside to its surface (True), and its affine."""
     brain_img = nib.load(brain_mask_file)
     brain = np.asanyarray(brain_img.dataobj) > 0
-    distance = distance_mm(~brain, brain_img.header.get_zooms()[:3])
+    distance = distance_mm(brain if inside else ~brain, brain_img.header.get_zooms()[:3])
     distance.flags.writeable = False  # shared by every call in the process
     return distance, brain_img.affine
 
@@ -219,19 +216,7 @@ def template_image_at(image_file, coords: np.ndarray, *, order: int = 1, outside
 def brain_depth_at(coords: np.ndarray, brain_mask_file) -> np.ndarray:
     """(...) float32 depth (mm) inside the template's brain at template coordinates ``coords``
     (..., 3), linearly interpolated; 0 outside the brain and beyond the template's grid."""
-    depth, affine = _template_brain_depth(str(brain_mask_file))
-    index = world_to_voxel(coords.reshape(-1, 3), affine).T
-    values = ndi.map_coordinates(depth, index, order=1, mode="constant", cval=0.0)
-    return values.reshape(coords.shape[:-1]).astype(np.float32)
-
-
-@lru_cache(maxsize=4)
-def _template_brain_depth(brain_mask_file: str) -> tuple[np.ndarray, np.ndarray]:
-    """(X, Y, Z) float32 depth (mm) inside the template's brain, and its affine."""
-    brain_img = nib.load(brain_mask_file)
-    depth = distance_mm(np.asanyarray(brain_img.dataobj) > 0, brain_img.header.get_zooms()[:3])
-    depth.flags.writeable = False  # shared by every call in the process
-    return depth, brain_img.affine
+    return _linear_at(*_template_brain_distances(str(brain_mask_file), inside=True), coords, outside=0.0)
 
 
 @lru_cache(maxsize=4)
@@ -244,12 +229,17 @@ def template_mask_centre(mask_file) -> np.ndarray:
 
 
 @lru_cache(maxsize=8)
-def _template_image(image_file: str) -> tuple[np.ndarray, np.ndarray]:
-    """(X, Y, Z) float32 values of a template-space image, and its affine."""
+def _template_image(image_file: str, dtype: str = "float32") -> tuple[np.ndarray, np.ndarray]:
+    """(X, Y, Z) values of a template-space image as ``dtype`` (labels: uint8), and its affine."""
     img = nib.load(image_file)
-    values = np.asanyarray(img.dataobj).astype(np.float32)
+    values = np.asanyarray(img.dataobj).astype(dtype)
     values.flags.writeable = False  # shared by every call in the process
     return values, img.affine
+
+
+def _template_labels(dseg_file: str) -> tuple[np.ndarray, np.ndarray]:
+    """(X, Y, Z) uint8 refacing labels of a template, and their affine."""
+    return _template_image(dseg_file, "uint8")
 
 
 def template_coordinates(shape: tuple, affine: np.ndarray, template, composite: str) -> np.ndarray:
