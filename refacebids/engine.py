@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import lru_cache, partial
 from pathlib import Path
 
 import nibabel as nib
@@ -131,7 +131,7 @@ def compute_masks(
         coarse_shape, coarse_affine = working_grid(shape, head.affine, WORKING_RESOLUTION_MM)
         coords = warp.template_coordinates(coarse_shape, coarse_affine, template, composite)
         coarse_labels = warp.coarse_labels(coords, template)
-        placement = head_placement(coords, coarse_labels, coarse_affine, _template_data(template))
+        placement = head_placement(coords, coarse_labels, coarse_affine, template_data(template))
         coarse_labels = warp.with_placed_face(coarse_labels, coarse_affine, template, placement)
         packed = np.concatenate([coords, coarse_labels[..., None].astype(np.float32)], axis=-1)
         nib.Nifti1Image(packed, coarse_affine).to_filename(masks.coords)
@@ -173,7 +173,7 @@ def replace_face(
     packed = np.asanyarray(coords_img.dataobj).astype(np.float32)
     coords, coarse_labels = packed[..., :3], np.rint(packed[..., 3]).astype(np.uint8)
     skin_depth = np.asanyarray(nib.load(masks.skin).dataobj)
-    tpl = _template_data(template)
+    tpl = template_data(template)
     tpl_head_level = tpl.head_level
     coarse_affine = coords_img.affine
 
@@ -210,7 +210,8 @@ def replace_face(
     def replacement():
         face_skin = _face_skin(skin_depth < 0, labels, replaced)
         return _replacement_samples(
-            replaced, face_skin, head.affine, zooms, coords, coarse_labels, coarse_affine, head_affine, tpl
+            replaced, face_skin, head.affine, zooms, coords, coarse_labels, coarse_affine, head_affine, tpl,
+            threads,
         )
 
     (template_at_voxels, new_skin_distance, template_skin_distance, skin_offset), \
@@ -292,14 +293,20 @@ def _template_points(voxels, image_affine, coords, coarse_affine) -> np.ndarray:
     with ``image_affine``).
     """
     coarse_ijk = other_grid_index(voxels, np.linalg.inv(coarse_affine) @ image_affine)
-    return np.stack(
-        [ndi.map_coordinates(coords[..., k], coarse_ijk, order=1, mode="nearest") for k in range(3)], axis=1
-    )
+    return np.stack(_on_working_grid(coarse_ijk, *np.moveaxis(coords, -1, 0)), axis=1)
+
+
+def _on_working_grid(coarse_ijk: np.ndarray, *grids: np.ndarray, threads: int = 1) -> tuple[np.ndarray, ...]:
+    """Each (i, j, k) working-grid array of ``grids`` interpolated at the (3, N) continuous
+    indices ``coarse_ijk``, ``threads`` arrays at once."""
+    return in_parallel(threads, *(
+        partial(ndi.map_coordinates, grid, coarse_ijk, order=1, mode="nearest") for grid in grids
+    ))
 
 
 def _replacement_samples(
     replaced, face_skin, image_affine, zooms, coords, coarse_labels, coarse_affine, head_affine,
-    tpl: "TemplateData",
+    tpl: "TemplateData", threads: int = 1,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
     """Where in the template each replaced voxel is drawn from, and what it finds there.
 
@@ -307,7 +314,8 @@ def _replacement_samples(
     at its edges. ``replaced`` (I, J, K) bool marks the N replaced voxels of the image
     grid with ``image_affine``, ``face_skin`` (N,) bool those on the subject's face skin;
     ``coords`` (i, j, k, 3) and ``coarse_labels`` (i, j, k) are the registration's
-    template coordinates and labels on the working grid.
+    template coordinates and labels on the working grid. The interpolations at the N
+    voxels run on ``threads`` at once.
 
     Returns
     -------
@@ -331,28 +339,33 @@ def _replacement_samples(
     unraised = edge_weight(replaceable & ~ears, joins | ears, coarse_affine, RAISE_FADE_MM)
     blended = blended_coordinates(coords, weight, head_affine, coarse_affine)
     voxels = np.nonzero(replaced)
-    sample_points = _template_points(voxels, image_affine, blended, coarse_affine)
     coarse_ijk = other_grid_index(voxels, np.linalg.inv(coarse_affine) @ image_affine)
+    coarse_zooms = np.linalg.norm(coarse_affine[:3, :3], axis=0)
+    # The raise moves the skin along its normal: the outward gradient of the skin distance.
+    at_voxels = _on_working_grid(
+        coarse_ijk, *np.moveaxis(blended, -1, 0), unraised,
+        *np.gradient(registered_skin_distance, *coarse_zooms), threads=threads,
+    )
+    sample_points, unraised_at, outward = np.stack(at_voxels[:3], axis=1), at_voxels[3], at_voxels[4:]
     scale = np.cbrt(abs(np.linalg.det(head_affine[:3, :3])))  # template mm per image mm
-    raise_weight = 1.0 - ndi.map_coordinates(unraised, coarse_ijk, order=1, mode="nearest")
+    raise_weight = 1.0 - unraised_at
     # Raised within the field of view only: a face pushed through its edge would be cut
     # flat there, where the subject's own nose or chin was cut, and give the cut back.
-    # The raise moves the skin along its normal, so the room that counts is the room
-    # along it: a brow under an edge that cuts the forehead is raised parallel to it.
-    coarse_zooms = np.linalg.norm(coarse_affine[:3, :3], axis=0)
-    outward = np.stack([
-        ndi.map_coordinates(gradient, coarse_ijk, order=1, mode="nearest")
-        for gradient in np.gradient(registered_skin_distance, *coarse_zooms)
-    ], axis=1)
-    raise_cap = (field_of_view_room(voxels, replaced.shape, zooms, outward) - FOV_CLEARANCE_MM) * scale
-    # The template's anatomy stays where the placement puts it; only its skin is raised.
-    template_skin_distance = sample_at(tpl.signed_distance, tpl.signed_distance_affine, sample_points, 1e3)
+    # The room that counts is the room along the normal: a brow under an edge that cuts
+    # the forehead is raised parallel to it. The template's anatomy stays where the
+    # placement puts it; only its skin is raised.
+    room, template_skin_distance, template_at_voxels = in_parallel(
+        threads,
+        lambda: field_of_view_room(voxels, replaced.shape, zooms, np.stack(outward, axis=1)),
+        lambda: sample_at(tpl.signed_distance, tpl.signed_distance_affine, sample_points, 1e3),
+        lambda: sample_at(tpl.t1w, tpl.affine, sample_points, tpl.air),
+    )
+    raise_cap = (room - FOV_CLEARANCE_MM) * scale
     skin_offset = clearing_skin_offset(
         template_skin_distance[face_skin], raise_weight[face_skin], raise_cap[face_skin], MOVED_MM * scale
     )
     offset = np.minimum(skin_offset * raise_weight, raise_cap)
     new_skin_distance = (template_skin_distance - offset) / scale
-    template_at_voxels = sample_at(tpl.t1w, tpl.affine, sample_points, tpl.air)
     return template_at_voxels, new_skin_distance, template_skin_distance, skin_offset
 
 
@@ -375,6 +388,16 @@ def head_placement(coords, coarse_labels, coarse_affine, tpl: "TemplateData") ->
     tpl_coarse = sample_at(tpl.t1w, tpl.affine, coords.reshape(-1, 3), tpl.air).reshape(coords.shape[:3])
     cranium = np.isin(coarse_labels, (0, warp.PROTECTED)) & (tpl_coarse > tpl.head_level)
     return fit_head_affine(coords, cranium, coarse_affine)
+
+
+def preload_template(template) -> None:
+    """Everything the steps load or derive from ``template``, computed in this process.
+
+    Workers forked from it afterwards (Nipype's MultiProc) inherit the results: per run,
+    not per step of every image.
+    """
+    warp.preload(template)
+    template_data(template)
 
 
 def quality_warnings(metrics: dict) -> list[str]:
@@ -445,7 +468,8 @@ class TemplateData:
 
 
 @lru_cache(maxsize=4)
-def _template_data(template) -> TemplateData:
+def template_data(template) -> TemplateData:
+    """The arrays every step derives from ``template``, computed once per process."""
     img = nib.load(str(template.t1w))
     t1w = np.asanyarray(img.dataobj).astype(np.float32)
     zooms = img.header.get_zooms()[:3]

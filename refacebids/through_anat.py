@@ -62,7 +62,7 @@ def register_through_anat(
                                 str(out_dir / "tpl2img_Composite.h5"))
 
     quality = registration_quality(*working_image(reference, head.affine), template_head, composite,
-                                   overlap=modalities.registration_overlap(modality))
+                                   overlap=modalities.registration_overlap(modality), threads=threads)
     anat_settings = {
         **rigid.settings,
         "anat_file": Path(anat_file).name,

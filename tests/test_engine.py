@@ -234,6 +234,18 @@ def test_brain_and_everything_outside_the_replaced_region_byte_identical(refaced
     assert result["metrics"]["protected_voxels_changed"] == 0
 
 
+def test_two_threads_give_the_same_image(refaced, tmp_path):
+    """The steps' threads share out independent work; they must not change a voxel."""
+    case = "ixi049_T1w"
+    result = refaced(case)
+    in_file = result["in"].get_filename()
+    template = load_template()
+    masks = engine.compute_masks(in_file, template, result["registration"]["composite"], tmp_path, threads=2)
+    out_file, _, metrics = engine.replace_face(in_file, template, masks, tmp_path, threads=2)
+    np.testing.assert_array_equal(_raw(nib.load(out_file)), _raw(result["out"]))
+    assert metrics["face_surface_moved_fraction"] == result["metrics"]["face_surface_moved_fraction"]
+
+
 def _face_in_fov(result) -> bool:
     return result["metrics"]["face_in_fov_fraction"] >= 0.9
 

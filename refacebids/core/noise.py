@@ -300,14 +300,16 @@ def add_noise(
     def roughness(tissue_amplitude: float) -> float:
         return local_noise_sd(noisy(tissue_amplitude, box), inside)
 
-    least = roughness(model.sigma)
+    # Both ends of the search at once; the second is wasted only when the air's noise
+    # alone is rough enough.
+    least, first_guess = in_parallel(threads, partial(roughness, model.sigma), partial(roughness, amplitude))
     if not np.isfinite(least):
         return noisy(amplitude)
     if least >= model.tissue_roughness:
         return noisy(model.sigma)  # rough enough with the air's noise alone
     # The squared roughness grows close to linearly with the squared amplitude
     # (structure plus noise): a few secant steps on those squares find the amplitude.
-    points = [(model.sigma, least), (amplitude, roughness(amplitude))]
+    points = [(model.sigma, least), (amplitude, first_guess)]
     for _ in range(CALIBRATION_STEPS):
         (a0, r0), (a1, r1) = points[-2:]
         if abs(r1 - model.tissue_roughness) < 0.005 * model.tissue_roughness or r1 == r0:

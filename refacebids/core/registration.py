@@ -15,13 +15,14 @@ never imports antspyx's Python layer (:mod:`refacebids.core.antslib`).
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 from scipy import ndimage as ndi
 
-from ..utils.threads import use_itk_threads
+from ..utils.threads import in_parallel, use_itk_threads
 from . import antslib
 from .ct import BRAIN_HU, pseudo_t1w_range
 from .geometry import (
@@ -284,7 +285,7 @@ def register_template(
     composite = f"{out_prefix}Composite.h5"
     return RegistrationResult(
         composite=composite,
-        **registration_quality(values, grid_affine, template_file, composite, overlap=overlap),
+        **registration_quality(values, grid_affine, template_file, composite, overlap=overlap, threads=threads),
         settings={
             "software": f"antspyx {antslib.version()}",
             "stages": ["Rigid", "Affine", "SyN"],
@@ -300,7 +301,8 @@ def register_template(
 
 
 def registration_quality(
-    image: np.ndarray, affine: np.ndarray, template_file: str, transforms, *, overlap: str = SCALP
+    image: np.ndarray, affine: np.ndarray, template_file: str, transforms, *, overlap: str = SCALP,
+    threads: int = 1,
 ) -> dict:
     """Similarity, overlap and verdict of a template -> image transform.
 
@@ -317,6 +319,8 @@ def registration_quality(
     overlap : {SCALP, EDGES}
         What is overlapped: the scalp over the cranium (:func:`cranium_overlap`) or the
         strongest edges (:func:`edge_overlap`).
+    threads : int
+        Independent measurements run on as many threads at once, with the same result.
 
     Returns
     -------
@@ -347,9 +351,13 @@ def registration_quality(
         brain_like = brain_like_share(image[every_other], brain_depth_at(coords[every_other], brain_file),
                                       BRAIN_VALUES)
     else:
-        labels = template_image_at(next(folder.glob("*_desc-reface_dseg.nii*")), coords, order=0)
-        near_brain = template_image_at(brain_file, coords)
-        head_dice, peak_ratio, turn_ratio = cranium_overlap(image, warped, labels, near_brain, spacing, turns)
+        labels, near_brain = in_parallel(
+            threads,
+            lambda: template_image_at(next(folder.glob("*_desc-reface_dseg.nii*")), coords, order=0),
+            lambda: template_image_at(brain_file, coords),
+        )
+        head_dice, peak_ratio, turn_ratio = cranium_overlap(image, warped, labels, near_brain, spacing, turns,
+                                                            threads=threads)
     return {
         "similarity": mutual_information(image, warped),
         "overlap": overlap,
@@ -395,6 +403,7 @@ def check_failures(record: dict) -> list[str]:
 
 def cranium_overlap(
     image: np.ndarray, warped: np.ndarray, labels: np.ndarray, near_brain: np.ndarray, spacing, turns=(),
+    threads: int = 1,
 ) -> tuple[float, float, float | None]:
     """How well the registered template's scalp meets the image's, over the cranium.
 
@@ -424,6 +433,8 @@ def cranium_overlap(
         Voxel size (mm).
     turns : sequence of (4, 4) ndarray
         Voxel maps of the turned probes (:func:`turned_probes`).
+    threads : int
+        The image's and the template's shells are found on as many threads at once.
     """
     from .warp import FOREHEAD, TISSUE_LABELS
 
@@ -431,8 +442,10 @@ def cranium_overlap(
     distance = distance_mm(near_brain < 0.5, spacing)
     facial = np.isin(labels, [t for t in TISSUE_LABELS if t != FOREHEAD])
     cranium = (distance <= CRANIUM_MM) & ~facial
-    image_shell = _shell(signed_depth(head_mask(image, spacing, join_mm=JOIN_MM), spacing)) & cranium
-    template_depth = signed_depth(head_mask(warped, spacing, join_mm=JOIN_MM), spacing)
+    image_depth, template_depth = in_parallel(
+        threads, *(partial(_head_depth, head, spacing) for head in (image, warped))
+    )
+    image_shell = _shell(image_depth) & cranium
     dices = [_dice(image_shell, _shell(template_depth + dark) & cranium) for dark in DARK_SKIN_MM]
     dice, dark = max(dices), DARK_SKIN_MM[int(np.argmax(dices))]
     # The probes move the template's signed depth, not its image: the same overlap for a
@@ -447,6 +460,11 @@ def cranium_overlap(
     turned = [_dice(image_shell_at, _shell(depth + dark))
               for depth in mapped_values(template_depth, turns, cranium, outside=1e6)]
     return dice, dice / max(max(probes), 1e-6), _peak_ratio(dice, turned)
+
+
+def _head_depth(volume: np.ndarray, spacing) -> np.ndarray:
+    """(I, J, K) signed depth (mm) of the head in ``volume`` (I, J, K): negative inside."""
+    return signed_depth(head_mask(volume, spacing, join_mm=JOIN_MM), spacing)
 
 
 def edge_overlap(
