@@ -25,7 +25,7 @@ os.environ.setdefault("TEMPLATEFLOW_USE_DATALAD", "0")
 
 from ..utils.memory import reuse_freed_memory  # noqa: E402
 from ..utils.threads import use_itk_threads  # noqa: E402
-from .execution import describe, execution_from_options, prepare_batch_jobs  # noqa: E402
+from .execution import LOCAL_PLUGINS, describe, execution_from_options, prepare_batch_jobs  # noqa: E402
 from ..utils.atomic import remove_stale_temporaries  # noqa: E402
 from ..utils.lock import folder_lock  # noqa: E402
 from .parser import build_parser, check_paths  # noqa: E402
@@ -162,6 +162,10 @@ def _reface(opts, jobs, bids_dir, output_dir, work_dir, execution) -> dict:
         crash_dir = Path(tempfile.mkdtemp(prefix=time.strftime("%Y%m%d-%H%M%S-"),
                                           dir=work_dir / "crash"))
         prepare_batch_jobs(workflow, execution, opts.mem_gb)
+        if execution.plugin in LOCAL_PLUGINS:
+            from ..engine import preload_template
+
+            preload_template(template)
         LOGGER.info("running with %s", describe(execution))
         _run_workflow(workflow, work_dir, crash_dir, execution)
         crashes = _crash_reasons(crash_dir)

@@ -186,6 +186,20 @@ def is_label(labels: np.ndarray, which) -> np.ndarray:
     return table[labels]
 
 
+def preload(template) -> None:
+    """Load the template's images and derive its brain distances in this process, once.
+
+    The command calls it before the graph's workers are forked from it, so that no step
+    loads them again; a step run in a process of its own (a batch job) loads them itself.
+    """
+    for image_file in (template.t1w, template.brain_mask, template.dseg):
+        _template_image(str(image_file))
+    _template_labels(str(template.dseg))
+    for inside in (False, True):
+        _template_brain_distances(str(template.brain_mask), inside)
+    template_mask_centre(template.brain_mask)
+
+
 @lru_cache(maxsize=4)
 def _template_brain_distances(brain_mask_file: str, inside: bool) -> tuple[np.ndarray, np.ndarray]:
     """(X, Y, Z) float32 distance (mm) to the template's brain from outside it (``inside``
