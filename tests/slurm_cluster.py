@@ -91,8 +91,7 @@ def _wait_for(condition, timeout: float, what: str, cluster: SlurmCluster) -> No
 @contextmanager
 def slurm_cluster():
     """Install SLURM and munge if missing, start a one-node cluster, stop it on exit."""
-    ensure_packages("slurm-wlm", "munge", provides="slurmctld")
-    sbin = Path(shutil.which("slurmctld")).parent
+    sbin = Path(ensure_packages("slurm-wlm", "munge", provides="slurmctld")).parent
     root = Path(tempfile.mkdtemp(prefix="slurm-"))  # short: the munge socket path is limited
     daemons = []
     node = socket.gethostname().split(".")[0]
