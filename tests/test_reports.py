@@ -196,6 +196,16 @@ def test_flag_reasons_from_provenance():
     assert flag_reasons(provenance(registration={**edges, "peak_ratio": 1.6})) == []
     assert flag_reasons(provenance(registration={**edges, "peak_ratio": 1.3})) == [
         "registration suspect: edges overlap 0.45 (Dice), 1.30 times that 8 mm off (look below 1.5)"]
+    # The turned probes and a CT's brain content: a pass by a small margin calls for a look.
+    scalp = PASSING["registration"]
+    assert flag_reasons(provenance(registration={**scalp, "turn_ratio": 1.31})) == []
+    assert flag_reasons(provenance(registration={**scalp, "turn_ratio": 1.18})) == [
+        "registration suspect: 1.18 times the overlap of the template turned 15 degrees (look below 1.2)"]
+    ct = {**edges, "peak_ratio": 1.6, "turn_ratio": 1.45, "brain_like": 0.99}
+    assert flag_reasons(provenance(registration=ct)) == []
+    assert flag_reasons(provenance(registration={**ct, "turn_ratio": 1.17, "brain_like": 0.93})) == [
+        "registration suspect: 1.17 times the overlap of the template turned 7.5 degrees (look below 1.2)",
+        "registration suspect: 93% of the template's deep brain holds brain values (look below 95%)"]
 
 
 @pytest.mark.parametrize("layout", ["derivatives", "release"])
