@@ -16,6 +16,13 @@ import pytest
 
 os.environ.setdefault("NIPYPE_NO_ET", "1")
 os.environ.setdefault("TEMPLATEFLOW_AUTOUPDATE", "0")
+# ITK takes its thread count once per process, when antspyx's library loads, and a
+# registration's result depends on it (the vtk CT's face: 95 % moved with one thread,
+# 85 % with two). Tests that import antspyx directly would load it with a thread per
+# core, and the engine's registrations later in the same test worker would run on that
+# many, so that a result hung on the order pytest-xdist handed out the tests. Every
+# test process runs ITK on one thread, as `refacebids` does by default.
+os.environ["ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"] = "1"
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("REFACEBIDS_TEST_DATA", REPO.parent / "shared" / "data"))
