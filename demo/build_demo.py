@@ -155,7 +155,7 @@ def build(data: Path, out: Path) -> None:
         "source": {"Description": "where the image comes from (repository or IXI subject)"}
     }, indent=2) + "\n")
     _write(out / "dataset_description.json", json.dumps({
-        "Name": "refacebids demo: four T1w heads with faces",
+        "Name": "refacebids demo: four T1w heads",
         "BIDSVersion": "1.10.0",
         "DatasetType": "raw",
         "License": "BSD-2-Clause AND CC-BY-SA-3.0 (see LICENSE)",
