@@ -28,7 +28,7 @@ from ..utils.provenance import PROVENANCE_KEY
 # simulated heads. A fit that passed by a small margin, or whose scalp overlap is low,
 # deserves a look. So does one that beat the template turned (15 degrees; a CT's edges
 # 7.5) by little, where it refuses below 1.15 and correct fits reached 1.24-1.35 (MRI,
-# PET) and 1.40-1.53 (CT); and a CT whose deep template brain holds brain values on
+# PET) and 1.37-1.52 (CT); and a CT whose deep template brain holds brain values on
 # less than 95 % of its voxels, where it refuses below 90 % and correct fits reached
 # 98-100 %.
 SUSPECT_PEAK_RATIO = 1.5
