@@ -459,7 +459,7 @@ def cranium_overlap(
     image_shell_at = image_shell[cranium]
     turned = [_dice(image_shell_at, _shell(depth + dark))
               for depth in mapped_values(template_depth, turns, cranium, outside=1e6)]
-    return dice, dice / max(max(probes), 1e-6), _peak_ratio(dice, turned)
+    return dice, _peak_ratio(dice, probes), _peak_ratio(dice, turned)
 
 
 def _head_depth(volume: np.ndarray, spacing) -> np.ndarray:
@@ -532,7 +532,7 @@ def edge_overlap(
         image_edges_at = image_edges[region]
         turned = [_dice(image_edges_at, gradient > level)
                   for gradient in mapped_values(template_gradient, turns, region, outside=0.0)]
-    return dice, dice / max(max(probes), 1e-6), _peak_ratio(dice, turned)
+    return dice, _peak_ratio(dice, probes), _peak_ratio(dice, turned)
 
 
 def probe_steps(spacing) -> list[tuple[int, float]]:
