@@ -201,18 +201,18 @@ def flag_reasons(provenance: dict) -> list[str]:
     overlap_kind = registration.get("overlap", SCALP)
     if registration.get("ok") is False:
         reasons.append("registration suspect: the registration check failed")
-    elif {"registration_head_dice", "registration_peak_ratio"} & out:
-        if overlap_kind == SCALP:
-            overlap = f"scalp overlap {_fmt(value['registration_head_dice'])}"
-            look_below = f"{SUSPECT_HEAD_DICE:g} or {SUSPECT_PEAK_RATIO:g}"
-        else:
-            overlap = f"{registration['overlap']} overlap {_fmt(registration.get('edge_dice'))}"
-            look_below = f"{SUSPECT_PEAK_RATIO:g}"
-        reasons.append(
-            f"registration suspect: {overlap} (Dice), {_fmt(value['registration_peak_ratio'])} "
-            f"times that 8 mm off (look below {look_below})"
-        )
-    if registration.get("ok") is not False:
+    else:
+        if {"registration_head_dice", "registration_peak_ratio"} & out:
+            if overlap_kind == SCALP:
+                overlap = f"scalp overlap {_fmt(value['registration_head_dice'])}"
+                look_below = f"{SUSPECT_HEAD_DICE:g} or {SUSPECT_PEAK_RATIO:g}"
+            else:
+                overlap = f"{registration['overlap']} overlap {_fmt(registration.get('edge_dice'))}"
+                look_below = f"{SUSPECT_PEAK_RATIO:g}"
+            reasons.append(
+                f"registration suspect: {overlap} (Dice), {_fmt(value['registration_peak_ratio'])} "
+                f"times that 8 mm off (look below {look_below})"
+            )
         if "registration_turn_ratio" in out:
             reasons.append(
                 f"registration suspect: {_fmt(value['registration_turn_ratio'])} times the overlap of "
