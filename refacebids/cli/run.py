@@ -8,6 +8,7 @@ per failed image, so that a caller can parse it.
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import re
@@ -225,12 +226,18 @@ def _run_workflow(workflow, work_dir: Path, crash_dir: Path, execution) -> None:
         "remove_unnecessary_outputs": False,
         "poll_sleep_duration": execution.poll_sleep_duration,
     })
+    # MultiProc collects garbage before every submission: over the objects the command
+    # has built so far (pybids, Nipype, the graph) that took 56 ms each time, 0.6 s of
+    # one image's critical path. Frozen, they are left out of the collections.
+    gc.freeze()
     try:
         workflow.run(plugin=execution.plugin, plugin_args=execution.plugin_args)
     except RuntimeError as exc:
         # Raised once after all branches ran, when any node failed; the crash files
         # say which images failed and why.
         LOGGER.debug("nipype: %s", exc)
+    finally:
+        gc.unfreeze()
 
 
 def _crash_reasons(crash_dir: Path) -> dict:
