@@ -193,7 +193,10 @@ def working_image(volume: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, n
     affine : (4, 4) ndarray
         Its voxel-to-world (RAS) affine, shear-free as ITK sees the image's.
     """
-    clipped = np.clip(volume, *np.percentile(volume, [0.0, 99.8])).astype(np.float32)
+    # Clipped as float32, between float32 bounds: rounding is monotonic, so this is the
+    # float64 clip rounded, without a float64 copy of the image (0.4 s at 1 mm).
+    bounds = np.float32([np.min(volume), np.percentile(volume, 99.8)])
+    clipped = np.clip(np.asarray(volume, np.float32), *bounds)
     image_affine = itk_affine(affine)
     if np.all(np.linalg.norm(affine[:3, :3], axis=0) >= WORKING_RESOLUTION_MM * 0.95):
         return clipped, image_affine
