@@ -106,13 +106,15 @@ class MaskFiles:
 
 def compute_masks(
     in_file, template, composite: str, out_dir, *, modality: str = "T1w", frame_durations=None,
-    threads: int = 1,
+    threads: int = 1, grid_coordinates: str | None = None,
 ) -> MaskFiles:
     """Carry the refacing labels to the image and find the image's own skin.
 
     The template coordinates of the 2 mm working grid are the only thing resampled
     through the registration; labels, protected region and the replace step's samples
-    are all read off them. The image's skin does not depend on the registration: with
+    are all read off them. ``grid_coordinates`` (the registration record's) holds them
+    as the registration's check mapped them; they are mapped here when it is ``None``
+    or holds another grid. The image's skin does not depend on the registration: with
     ``threads`` > 1 the two are found at the same time.
     """
     out_dir = Path(out_dir)
@@ -127,23 +129,38 @@ def compute_masks(
         nib.Nifti1Image(signed_depth(skin, head.zooms), head.affine).to_filename(masks.skin)
         return ~ndi.binary_dilation(skin), level  # outside the head, one voxel clear of the skin's partial volume
 
-    def template_labels() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def template_labels() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         coarse_shape, coarse_affine = working_grid(shape, head.affine, WORKING_RESOLUTION_MM)
-        coords = warp.template_coordinates(coarse_shape, coarse_affine, template, composite)
+        coords = _mapped_grid(grid_coordinates, coarse_shape, coarse_affine)
+        coords = (warp.template_coordinates(coarse_shape, coarse_affine, template, composite) if coords is None
+                  else warp.within_template(coords, template))
         coarse_labels = warp.coarse_labels(coords, template)
         placement = head_placement(coords, coarse_labels, coarse_affine, template_data(template))
-        coarse_labels = warp.with_placed_face(coarse_labels, coarse_affine, template, placement)
+        coarse_labels = warp.with_placed_face(
+            coarse_labels, warp.placed_labels(coarse_shape, coarse_affine, template, placement))
         packed = np.concatenate([coords, coarse_labels[..., None].astype(np.float32)], axis=-1)
         nib.Nifti1Image(packed, coarse_affine).to_filename(masks.coords)
-        return (*warp.labels_on_grid(coords, coarse_affine, shape, head.affine, template), placement)
+        placed = warp.placed_labels(shape, head.affine, template, placement)
+        return (*warp.labels_on_grid(coords, coarse_affine, shape, head.affine, template), placement, placed)
 
-    (labels, brain_distance, placement), (outside_head, skin_level) = in_parallel(threads, template_labels, image_skin)
+    (labels, brain_distance, placement, placed), (outside_head, skin_level) = in_parallel(
+        threads, template_labels, image_skin)
     Path(masks.placement).write_text(json.dumps({"head_affine": placement.tolist(), "skin_level": skin_level}))
-    labels = warp.with_placed_face(
-        warp.protect(labels, brain_distance, outside_head), head.affine, template, placement
-    )
+    labels = warp.with_placed_face(warp.protect(labels, brain_distance, outside_head), placed)
     nib.Nifti1Image(labels, head.affine).to_filename(masks.labels)
     return masks
+
+
+def _mapped_grid(grid_coordinates: str | None, shape: tuple, affine: np.ndarray) -> np.ndarray | None:
+    """(I, J, K, 3) template coordinates of the grid (``shape``, ``affine``) from a
+    registration's ``grid_coordinates`` file; ``None`` without one, or when it maps
+    another grid (a working image taken as it is, 1.9-2 mm, is not the 2 mm grid)."""
+    if grid_coordinates is None:
+        return None
+    with np.load(grid_coordinates) as mapped:
+        if mapped["coords"].shape[:3] != tuple(shape) or not np.array_equal(mapped["affine"], affine):
+            return None
+        return mapped["coords"]
 
 
 def replace_face(
@@ -278,7 +295,8 @@ def reface(in_file, template, out_dir, *, seed: int = 42, threads: int = 1, moda
     """
     by_modality = dict(modality=modality, frame_durations=frame_durations)
     registration = register_image(in_file, template, out_dir, seed=seed, threads=threads, **by_modality)
-    masks = compute_masks(in_file, template, registration["composite"], out_dir, threads=threads, **by_modality)
+    masks = compute_masks(in_file, template, registration["composite"], out_dir, threads=threads,
+                          grid_coordinates=registration["grid_coordinates"], **by_modality)
     out_file, mask_file, metrics = replace_face(in_file, template, masks, out_dir, seed=seed,
                                                 threads=threads, **by_modality)
     return {"registration": registration, "masks": masks, "out_file": out_file,

@@ -167,7 +167,10 @@ class RegistrationResult:
     scored the other; ``peak_ratio`` and ``turn_ratio`` are that of ``overlap`` over its
     shifted and its turned probes; ``brain_like`` is a CT's share of brain values where
     the template's brain is (``None`` otherwise). ``None`` in a record written before
-    they were measured.
+    they were measured. ``grid_coordinates`` is a ``.npz`` file of the template
+    coordinates of the working grid's voxels as the check mapped them (``coords``,
+    (I, J, K, 3)) and of the grid's ``affine``, which the mask step reads rather than
+    map the grid again (``None`` where no file was written, as through a T1w).
     """
 
     composite: str
@@ -179,6 +182,7 @@ class RegistrationResult:
     edge_dice: float | None = None
     turn_ratio: float | None = None
     brain_like: float | None = None
+    grid_coordinates: str | None = None
     settings: dict = field(default_factory=dict)
 
     def as_dict(self) -> dict:
@@ -290,9 +294,14 @@ def register_template(
         "--write-composite-transform", "1", "--output", f"[{out_prefix}]",
     ])
     composite = f"{out_prefix}Composite.h5"
+    coords = map_points(read_transforms(composite), world_grid(grid_affine, values.shape))
+    grid_coordinates = f"{out_prefix}grid_coordinates.npz"
+    np.savez(grid_coordinates, coords=coords, affine=grid_affine)
     return RegistrationResult(
         composite=composite,
-        **registration_quality(values, grid_affine, template_file, composite, overlap=overlap, threads=threads),
+        grid_coordinates=grid_coordinates,
+        **registration_quality(values, grid_affine, template_file, composite, overlap=overlap, threads=threads,
+                               coords=coords),
         settings={
             "software": f"antspyx {antslib.version()}",
             "stages": ["Rigid", "Affine", "SyN"],
@@ -309,7 +318,7 @@ def register_template(
 
 def registration_quality(
     image: np.ndarray, affine: np.ndarray, template_file: str, transforms, *, overlap: str = SCALP,
-    threads: int = 1,
+    threads: int = 1, coords: np.ndarray | None = None,
 ) -> dict:
     """Similarity, overlap and verdict of a template -> image transform.
 
@@ -328,6 +337,9 @@ def registration_quality(
         strongest edges (:func:`edge_overlap`).
     threads : int
         Independent measurements run on as many threads at once, with the same result.
+    coords : (I, J, K, 3) ndarray, optional
+        The template coordinates of the image's voxels through ``transforms``, when the
+        caller has mapped them already.
 
     Returns
     -------
@@ -344,7 +356,8 @@ def registration_quality(
     if overlap not in (SCALP, EDGES):
         raise ValueError(f"unknown registration overlap {overlap!r}")
     spacing = np.linalg.norm(affine[:3, :3], axis=0)
-    coords = map_points(read_transforms(transforms), world_grid(affine, image.shape))
+    if coords is None:
+        coords = map_points(read_transforms(transforms), world_grid(affine, image.shape))
     values = template_image_at(template_file, coords, outside=OUTSIDE_TEMPLATE)
     covered = values > 0.5 * OUTSIDE_TEMPLATE
     warped = np.where(covered, values, np.float32(0.0))  # ANTs' resampling writes 0 beyond the grid

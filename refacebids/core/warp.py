@@ -133,17 +133,15 @@ def _linear_at(volume: np.ndarray, affine: np.ndarray, coords: np.ndarray, outsi
     return values.reshape(coords.shape[:-1]).astype(np.float32)
 
 
-def with_placed_face(labels: np.ndarray, affine: np.ndarray, template, head_affine: np.ndarray) -> np.ndarray:
-    """``labels`` (from ``labels_on_grid``) with the face labels ``head_affine`` places.
+def with_placed_face(labels: np.ndarray, placed: np.ndarray) -> np.ndarray:
+    """``labels`` (I, J, K) (from ``labels_on_grid``) with the face labels of ``placed``
+    (I, J, K), those the head affine alone places (``placed_labels``).
 
-    ``head_affine`` maps image world to template world as the head outside the face
-    places it (see ``refacebids.core.replace.fit_head_affine``). Its face labels are
-    added where the registration put none: on real heads SyN sometimes leaves the mouth
-    and chin out (a dental signal void taken for the template's oral cavity, a field of
-    view that ends at the chin), and what is left out stays the subject's. Protected
-    voxels stay protected.
+    They are added where the registration put none: on real heads SyN sometimes leaves
+    the mouth and chin out (a dental signal void taken for the template's oral cavity, a
+    field of view that ends at the chin), and what is left out stays the subject's.
+    Protected voxels stay protected.
     """
-    placed = placed_labels(labels.shape, affine, template, head_affine)
     missed = is_label(labels, (0, WRAP_AIR)) & is_label(placed, TISSUE_LABELS)
     return np.where(missed, placed, labels)
 
@@ -152,7 +150,8 @@ def placed_labels(shape: tuple, affine: np.ndarray, template, head_affine: np.nd
     """(I, J, K) uint8 tissue labels (``TISSUE_LABELS``) on the image grid through ``head_affine`` alone.
 
     ``affine`` is the image's voxel-to-world affine; ``head_affine`` maps image world to
-    template world. Only the box of the image that the template's tissue labels reach
+    template world as the head outside the face places it (see
+    ``refacebids.core.replace.fit_head_affine``). Only the box of the image that the template's tissue labels reach
     is resampled; everything else is 0.
     """
     dseg, dseg_affine = _template_labels(str(template.dseg))
@@ -263,7 +262,12 @@ def template_coordinates(shape: tuple, affine: np.ndarray, template, composite: 
     its points to the template's. Voxels that map beyond the template's padded label
     grid get ``OUTSIDE``.
     """
-    coords = map_points(read_transforms(composite), world_grid(affine, tuple(shape[:3])))
+    return within_template(map_points(read_transforms(composite), world_grid(affine, tuple(shape[:3]))), template)
+
+
+def within_template(coords: np.ndarray, template) -> np.ndarray:
+    """Template coordinates ``coords`` (..., 3), ``OUTSIDE`` where they lie beyond the
+    template's padded label grid (changed in place)."""
     dseg, dseg_affine = _template_labels(str(template.dseg))
     index = world_to_voxel(coords, dseg_affine)
     size = np.asarray(dseg.shape[:3], np.float32)

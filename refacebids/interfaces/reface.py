@@ -14,6 +14,7 @@ from nipype.interfaces.base import (
     File,
     SimpleInterface,
     TraitedSpec,
+    isdefined,
     traits,
 )
 
@@ -128,6 +129,7 @@ class _MasksInputSpec(BaseInterfaceInputSpec):
     in_file = File(exists=True, mandatory=True)
     template = traits.Str(mandatory=True)
     composite = File(exists=True, mandatory=True)
+    registration = File(exists=True, desc="registration record (JSON), for the grid its check mapped")
     num_threads = traits.Int(1, usedefault=True, nohash=True, desc="ITK threads (resampling)")
     modality = traits.Str("T1w", usedefault=True, desc="BIDS suffix (T1w, ..., pet, ct)")
     frame_durations = traits.List(traits.Float, desc="PET FrameDuration (s), one per frame")
@@ -156,6 +158,8 @@ class WarpLabels(SimpleInterface):
             modality=self.inputs.modality,
             frame_durations=self.inputs.frame_durations or None,
             threads=self.inputs.num_threads,
+            grid_coordinates=(json.loads(Path(self.inputs.registration).read_text()).get("grid_coordinates")
+                              if isdefined(self.inputs.registration) else None),
         )
         self._results.update(labels_file=masks.labels, coords_file=masks.coords, skin_file=masks.skin,
                              placement_file=masks.placement)
