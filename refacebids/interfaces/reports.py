@@ -55,7 +55,8 @@ class FaceReportlets(SimpleInterface):
             lambda: slices_before_after(
                 before_values, after_values, before.affine, replaced, protected, slices, labels=labels,
             ),
-            lambda: renders_before_after(before_values, after_values, before.affine, renders),
+            lambda: renders_before_after(before_values, after_values, before.affine, renders,
+                                         threads=self.inputs.num_threads),
         )
         self._results["reportlets"] = [slices, renders]
         return runtime

@@ -6,6 +6,8 @@ which keeps them small and fast (no matplotlib figure machinery).
 
 from __future__ import annotations
 
+from functools import partial
+
 import nibabel as nib
 import numpy as np
 from PIL import Image, ImageDraw
@@ -14,6 +16,7 @@ from scipy import ndimage as ndi
 from refacebids.core.warp import CHEEKS_TEMPLES, EARS, FACE, FOREHEAD, TEETH_JAW, WRAP_AIR
 from refacebids.reports.render import render_views, skin_threshold
 from refacebids.utils.atomic import atomic_open
+from refacebids.utils.threads import in_parallel
 
 PANEL_PX = 256
 REPLACED_RGB = (255, 64, 32)  # replaced (refaced) voxels, or their face part: orange-red
@@ -129,7 +132,8 @@ def slices_before_after(
     _save_png(canvas, out_png)
 
 
-def renders_before_after(orig: np.ndarray, refaced: np.ndarray, affine: np.ndarray, out_png) -> None:
+def renders_before_after(orig: np.ndarray, refaced: np.ndarray, affine: np.ndarray, out_png,
+                         threads: int = 1) -> None:
     """Front, left and right renders of the skin before (top row) and after (bottom row).
 
     Both rows use the original's skin threshold, so a change of intensity alone does
@@ -143,13 +147,14 @@ def renders_before_after(orig: np.ndarray, refaced: np.ndarray, affine: np.ndarr
         Voxel to RAS+ world (mm).
     out_png : path-like
         Written atomically.
+    threads : int
+        The two rows are rendered on as many threads at once.
     """
     iso = skin_threshold(np.asarray(orig, dtype=np.float32)[::2, ::2, ::2])
     views = ("front", "left", "right")
-    rows = [
-        np.hstack(render_views(values, affine, views, iso=iso, size=PANEL_PX))
-        for values in (orig, refaced)
-    ]
+    rows = in_parallel(threads, *(
+        partial(render_views, values, affine, views, iso=iso, size=PANEL_PX) for values in (orig, refaced)))
+    rows = [np.hstack(row) for row in rows]
     canvas = Image.fromarray((np.vstack(rows) * 255).astype(np.uint8))
     draw = ImageDraw.Draw(canvas)
     draw.text((4, 4), "before", fill=255)
