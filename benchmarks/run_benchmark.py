@@ -91,6 +91,7 @@ def engine_steps(in_file: Path, work: Path, modality: str, metadata: dict) -> di
     reuse_freed_memory()  # as the command's processes do
 
     template = load_template()
+    engine.preload_template(template)  # as the command does before its workers fork
     frames = metadata.get("FrameDuration")
     times = {}
     start = time.perf_counter()
@@ -99,7 +100,8 @@ def engine_steps(in_file: Path, work: Path, modality: str, metadata: dict) -> di
     times["register"] = time.perf_counter() - start
     start = time.perf_counter()
     masks = engine.compute_masks(in_file, template, record["composite"], work, modality=modality,
-                                 frame_durations=frames, threads=2)
+                                 frame_durations=frames, threads=2,
+                                 grid_coordinates=record["grid_coordinates"])
     times["mask"] = time.perf_counter() - start
     start = time.perf_counter()
     out_file, mask_file, _ = engine.replace_face(in_file, template, masks, work, modality=modality,
@@ -114,7 +116,7 @@ def engine_steps(in_file: Path, work: Path, modality: str, metadata: dict) -> di
     label_map = np.asanyarray(nib.load(masks.labels).dataobj)
     slices_before_after(b, a, before.affine, replaced, label_map == PROTECTED,
                         work / "slices.png", labels=label_map)
-    renders_before_after(b, a, before.affine, work / "renders.png")
+    renders_before_after(b, a, before.affine, work / "renders.png", threads=2)
     times["report"] = time.perf_counter() - start
     return times
 
