@@ -506,6 +506,14 @@ def test_freed_arrays_stay_in_the_process_on_glibc():
     assert reuse_freed_memory()
 
 
+def test_arrays_are_allocated_without_transparent_huge_pages():
+    multiarray = pytest.importorskip("numpy._core.multiarray")
+    from refacebids.utils.memory import reuse_freed_memory
+
+    reuse_freed_memory()
+    assert multiarray._get_madvise_hugepage() is False
+
+
 def test_joined_head_mask_encloses_dark_bone_under_a_patchy_fat_ring():
     """A FLAIR-like head: bright brain, a dark moat (bone, CSF), a fat ring with gaps, dark skin."""
     grid = np.indices((100, 100, 100), dtype=np.float32) - 49.5
