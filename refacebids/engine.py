@@ -158,9 +158,8 @@ def _mapped_grid(grid_coordinates: str | None, shape: tuple, affine: np.ndarray)
     if grid_coordinates is None:
         return None
     with np.load(grid_coordinates) as mapped:
-        if mapped["coords"].shape[:3] != tuple(shape) or not np.array_equal(mapped["affine"], affine):
-            return None
-        return mapped["coords"]
+        coords, mapped_affine = mapped["coords"], mapped["affine"]  # each read of a key reads the file
+    return coords if coords.shape[:3] == tuple(shape) and np.array_equal(mapped_affine, affine) else None
 
 
 def replace_face(

@@ -23,11 +23,10 @@ import numpy as np
 
 from ..utils.threads import use_itk_threads
 from . import antslib
-from .geometry import world_grid
 from .registration import WORKING_RESOLUTION_MM, Stage, working_image, write_working_image
 from .replace import sample_at
 from .similarity import mutual_information
-from .transform import map_points, read_transforms
+from .transform import map_grid, read_transforms
 
 # Coarse to fine over the 2 mm working images (8, 4, 2 mm). On a real T1w head and a
 # PET simulated from it, moved 6 and 4 degrees and 11 mm, the fit lies within 0.8 mm of
@@ -96,7 +95,7 @@ def register_rigid(
         "--use-histogram-matching", "0", "--collapse-output-transforms", "1", "--output", f"[{out_prefix}]",
     ])
     transform = f"{out_prefix}0GenericAffine.mat"
-    at_fixed = map_points(read_transforms(transform), world_grid(fixed_affine, fixed.shape))
+    at_fixed = map_grid(transform, fixed.shape, fixed_affine)
     aligned = sample_at(moving, moving_affine, at_fixed.reshape(-1, 3)).reshape(fixed.shape)
     return RigidResult(
         transform=transform,

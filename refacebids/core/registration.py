@@ -32,11 +32,10 @@ from .geometry import (
     resample_aligned,
     shifted_along,
     working_grid,
-    world_grid,
 )
 from .similarity import mutual_information
 from .surface import head_mask, signed_depth
-from .transform import map_points, read_transforms
+from .transform import map_grid
 
 WORKING_RESOLUTION_MM = 2.0
 
@@ -294,7 +293,7 @@ def register_template(
         "--write-composite-transform", "1", "--output", f"[{out_prefix}]",
     ])
     composite = f"{out_prefix}Composite.h5"
-    coords = map_points(read_transforms(composite), world_grid(grid_affine, values.shape))
+    coords = map_grid(composite, values.shape, grid_affine)
     grid_coordinates = f"{out_prefix}grid_coordinates.npz"
     np.savez(grid_coordinates, coords=coords, affine=grid_affine)
     return RegistrationResult(
@@ -357,7 +356,7 @@ def registration_quality(
         raise ValueError(f"unknown registration overlap {overlap!r}")
     spacing = np.linalg.norm(affine[:3, :3], axis=0)
     if coords is None:
-        coords = map_points(read_transforms(transforms), world_grid(affine, image.shape))
+        coords = map_grid(transforms, image.shape, affine)
     values = template_image_at(template_file, coords, outside=OUTSIDE_TEMPLATE)
     covered = values > 0.5 * OUTSIDE_TEMPLATE
     warped = np.where(covered, values, np.float32(0.0))  # ANTs' resampling writes 0 beyond the grid

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage as ndi
 
-from .geometry import RAS_TO_LPS, apply_affine_float32
+from .geometry import RAS_TO_LPS, apply_affine_float32, world_grid
 
 
 @dataclass(frozen=True)
@@ -115,6 +115,13 @@ def map_points(parts: list, points: np.ndarray) -> np.ndarray:
         else:
             mapped = mapped + _displacement_at(part, mapped)
     return apply_affine_float32(RAS_TO_LPS, mapped)
+
+
+def map_grid(transforms, shape: tuple, affine: np.ndarray) -> np.ndarray:
+    """(I, J, K, 3) float32 RAS points to which ``transforms`` (a file, or files in
+    ``ants.apply_transforms`` order) map every voxel centre of the grid (``shape``, its
+    (4, 4) ``affine``)."""
+    return map_points(read_transforms(transforms), world_grid(affine, tuple(shape[:3])))
 
 
 def _displacement_at(part: DisplacementPart, points: np.ndarray) -> np.ndarray:

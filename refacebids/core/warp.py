@@ -13,8 +13,8 @@ import nibabel as nib
 import numpy as np
 from scipy import ndimage as ndi
 
-from .geometry import bounding_box, distance_mm, resample_aligned, world_grid, world_to_voxel
-from .transform import map_points, read_transforms
+from .geometry import bounding_box, distance_mm, resample_aligned, world_to_voxel
+from .transform import map_grid
 
 # Refacing labels (templates/*_desc-reface_dseg.tsv), and the label given to protected
 # voxels in the image's label map: the protected region overrides every other label.
@@ -262,7 +262,7 @@ def template_coordinates(shape: tuple, affine: np.ndarray, template, composite: 
     its points to the template's. Voxels that map beyond the template's padded label
     grid get ``OUTSIDE``.
     """
-    return within_template(map_points(read_transforms(composite), world_grid(affine, tuple(shape[:3]))), template)
+    return within_template(map_grid(composite, shape, affine), template)
 
 
 def within_template(coords: np.ndarray, template) -> np.ndarray:
