@@ -20,7 +20,7 @@ from scipy import ndimage as ndi
 from . import modalities
 from .core import warp
 from .core.geometry import bounding_box, distance_mm, other_grid_index, resample_aligned, working_grid, world_grid
-from .core.image import header_warnings, scrubbed_header, to_raw, write_like
+from .core.image import c_ordered, header_warnings, scrubbed_header, to_raw, write_like
 from .core.intensity import SKIN_PROFILE_MM, distribution_distance
 from .core.noise import local_noise_sd
 from .core.registration import WORKING_RESOLUTION_MM, register_template
@@ -184,11 +184,11 @@ def replace_face(
     head = modalities.load(in_file, modality, frame_durations)
     template = modalities.replacement_template(template, modality, out_dir)
     zooms = head.zooms
-    labels = np.asanyarray(nib.load(masks.labels).dataobj)
+    labels = c_ordered(np.asanyarray(nib.load(masks.labels).dataobj))
     coords_img = nib.load(masks.coords)
-    packed = np.asanyarray(coords_img.dataobj).astype(np.float32)
+    packed = np.ascontiguousarray(coords_img.dataobj, np.float32)
     coords, coarse_labels = packed[..., :3], np.rint(packed[..., 3]).astype(np.uint8)
-    skin_depth = np.asanyarray(nib.load(masks.skin).dataobj)
+    skin_depth = c_ordered(np.asanyarray(nib.load(masks.skin).dataobj))
     tpl = template_data(template)
     tpl_head_level = tpl.head_level
     coarse_affine = coords_img.affine
@@ -248,7 +248,7 @@ def replace_face(
     face_tissue = tissue_labels & (reference > threshold)
 
     volumes = values[..., None] if values.ndim == 3 else values
-    raw_out = head.raw.copy()
+    raw_out = head.raw.copy(order="K")  # each volume stays C-ordered
     raw_volumes = raw_out[..., None] if raw_out.ndim == 3 else raw_out
     noise_models = []
     reface = modalities.reface_function(modality, zooms, tpl.air, tpl.subcutaneous, threads)

@@ -31,7 +31,7 @@ from functools import partial
 import numpy as np
 
 from .core import ct, pet
-from .core.image import HeadImage, load_head_image
+from .core.image import HeadImage, c_ordered, load_head_image
 from .core.registration import EDGES, SCALP
 from .core.replace import reface_volume
 from .core.surface import skin_threshold
@@ -40,8 +40,10 @@ PET, CT = "pet", "ct"
 
 
 def load(in_file, modality: str, frame_durations=None) -> HeadImage:
-    """Load an image; a dynamic PET's reference is its time-weighted mean."""
+    """Load an image for the engine's steps, its volumes in C order (see ``c_ordered``);
+    a dynamic PET's reference is its time-weighted mean."""
     head = load_head_image(in_file)
+    head.raw = c_ordered(head.raw)
     if modality == PET and head.raw.ndim == 4:
         head.frame_weights = pet.frame_weights(head.raw.shape[3], frame_durations)
     return head

@@ -33,6 +33,8 @@ from refacebids.templates import load_template
 from refacebids.core.surface import _fill_holes_every_axis, head_mask
 from refacebids.utils.threads import in_parallel, in_slabs
 
+from .conftest import T1W_A
+
 ZOOMS = (1.0, 1.0, 1.0)
 
 
@@ -512,6 +514,23 @@ def test_arrays_are_allocated_without_transparent_huge_pages():
 
     reuse_freed_memory()
     assert multiarray._get_madvise_hugepage() is False
+
+
+@pytest.mark.parametrize("frames", [0, 3])
+def test_the_engine_loads_each_volume_in_c_order_with_the_stored_values(tmp_path, frames):
+    from refacebids import modalities
+
+    stored = np.asanyarray(nib.load(T1W_A).dataobj)[::2, ::2, ::2]
+    if frames:
+        stored = np.stack([stored + t for t in range(frames)], axis=3)
+    in_file = tmp_path / "head.nii"
+    nib.Nifti1Image(stored, np.diag([2.0, 2.0, 2.0, 1.0])).to_filename(in_file)
+    assert np.asanyarray(nib.load(in_file).dataobj).flags.f_contiguous  # as NIfTI stores it
+
+    raw = modalities.load(in_file, "T1w").raw
+    assert np.array_equal(raw, stored)
+    for volume in (raw[..., t] for t in range(frames)) if frames else [raw]:
+        assert volume.flags.c_contiguous
 
 
 def test_joined_head_mask_encloses_dark_bone_under_a_patchy_fat_ring():

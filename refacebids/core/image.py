@@ -123,6 +123,20 @@ def load_head_image(path) -> HeadImage:
     return head
 
 
+def c_ordered(array: np.ndarray) -> np.ndarray:
+    """``array`` (I, J, K[, T]) in memory with every (I, J, K) volume in NumPy's C order.
+
+    NIfTI stores voxels in Fortran order, and nibabel hands them over that way. NumPy
+    walks an expression's arrays in C order: where a Fortran-ordered image meets a
+    C-ordered array (anything resampled, indexed or allocated), or is indexed by a mask,
+    every step strides across memory. At 1 mm that made a sum 10 times, a boolean index
+    2.4 times slower.
+    """
+    if array.ndim < 4:
+        return np.ascontiguousarray(array)
+    return np.moveaxis(np.ascontiguousarray(np.moveaxis(array, 3, 0)), 0, 3)
+
+
 def header_warnings(head: HeadImage) -> list[str]:
     """What in an accepted image a reviewer should know about, one sentence each.
 
