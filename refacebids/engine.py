@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from concurrent.futures import Future
 from dataclasses import dataclass
 from functools import lru_cache, partial
 from pathlib import Path
@@ -181,31 +182,45 @@ def replace_face(
         Quality numbers (see docs/architecture.md).
     """
     out_dir = Path(out_dir)
-    head = modalities.load(in_file, modality, frame_durations)
     template = modalities.replacement_template(template, modality, out_dir)
-    zooms = head.zooms
-    labels = c_ordered(np.asanyarray(nib.load(masks.labels).dataobj))
     coords_img = nib.load(masks.coords)
-    packed = np.ascontiguousarray(coords_img.dataobj, np.float32)
+
+    def image():
+        head = modalities.load(in_file, modality, frame_durations)
+        values = head.scaled()
+        return head, values, values if values.ndim == 3 else head.reference()
+
+    (head, values, reference), labels, packed, skin_depth = in_parallel(
+        threads,
+        image,
+        lambda: c_ordered(np.asanyarray(nib.load(masks.labels).dataobj)),
+        lambda: np.ascontiguousarray(coords_img.dataobj, np.float32),
+        lambda: c_ordered(np.asanyarray(nib.load(masks.skin).dataobj)),
+    )
+    zooms = head.zooms
     coords, coarse_labels = packed[..., :3], np.rint(packed[..., 3]).astype(np.uint8)
-    skin_depth = c_ordered(np.asanyarray(nib.load(masks.skin).dataobj))
     tpl = template_data(template)
     tpl_head_level = tpl.head_level
     coarse_affine = coords_img.affine
-
-    values = head.scaled()
-    reference = values if values.ndim == 3 else head.reference()
     placement = json.loads(Path(masks.placement).read_text())
     threshold = placement["skin_level"]
     tissue_labels = warp.is_label(labels, warp.TISSUE_LABELS)
-    replaced = tissue_labels | wrap_signal(
-        reference, labels == warp.WRAP_AIR, 0.5 * threshold, zooms
-    )
-    replaced |= modalities.extra_replaced(reference, labels, head.affine, zooms, modality)
     if not tissue_labels.any():
         raise ValueError("the face lies outside the image's field of view")
     head_affine = np.array(placement["head_affine"])
     rng = np.random.default_rng(seed)
+    # Found first, and waited for by what needs it: the rest starts at once.
+    region = Future()
+
+    def replaced_voxels():
+        try:
+            replaced = tissue_labels | wrap_signal(reference, labels == warp.WRAP_AIR, 0.5 * threshold, zooms)
+            replaced |= modalities.extra_replaced(reference, labels, head.affine, zooms, modality)
+        except BaseException as exc:
+            region.set_exception(exc)
+            raise
+        region.set_result(replaced)
+        return replaced
 
     def correspondence():
         """Where template and image tissue correspond (outside the face, brain and wrap
@@ -224,19 +239,21 @@ def replace_face(
         return tpl_registered, training, sample_at(tpl.t1w, tpl.affine, points, tpl.air), air
 
     def replacement():
+        replaced = region.result()
         face_skin = _face_skin(skin_depth < 0, labels, replaced)
         return _replacement_samples(
             replaced, face_skin, head.affine, zooms, coords, coarse_labels, coarse_affine, head_affine, tpl,
             threads,
         )
 
-    (template_at_voxels, new_skin_distance, template_skin_distance, skin_offset), \
-        (tpl_registered, training, template_at_training, air), seam, skin_distance = in_parallel(
+    replaced, (template_at_voxels, new_skin_distance, template_skin_distance, skin_offset), \
+        (tpl_registered, training, template_at_training, air), skin_distance, seam = in_parallel(
             threads,
+            replaced_voxels,
             replacement,
             correspondence,
-            lambda: seam_weights(replaced, zooms),
             lambda: smooth_skin_distance(skin_depth),
+            lambda: seam_weights(region.result(), zooms),
         )
     # The image's own skin: how it looks outside the face, and where it was. In front of
     # it (air before) the new face is subcutaneous tissue, never template anatomy that a

@@ -208,7 +208,7 @@ def reface_volume(
     mapped_values = apply_intensity_map(template_at_voxels, levels, mapped)
     signal[replaced[box]] = air_weight * air_hu + (1.0 - air_weight) * mapped_values
     noise = correlated_noise(signal.shape, model, rng)
-    noise /= max(local_noise_sd(noise, np.ones(noise.shape, bool)), 1e-6)
+    noise /= max(local_noise_sd(noise), 1e-6)
     tissue_share = np.clip((signal - air_hu) / AIR_TO_TISSUE_HU, 0.0, 1.0)
     amplitude = np.nan_to_num(air_sd) + tissue_share * (model.tissue_roughness - np.nan_to_num(air_sd))
     noisy = (signal + amplitude * noise)[replaced[box]]

@@ -77,18 +77,23 @@ def neighbour_difference_sd(volume: np.ndarray, mask: np.ndarray, axis: int) -> 
     return float(MAD_TO_SD * np.median(np.abs(values - np.median(values))))
 
 
-def local_noise_sd(volume: np.ndarray, mask: np.ndarray) -> float:
+def local_noise_sd(volume: np.ndarray, mask: np.ndarray | None = None) -> float:
     """Noise SD in a region: robust SD of the residual from a 3-voxel box mean.
 
     The residual keeps what changes from voxel to voxel (noise, and the fine texture
     of real tissue) and drops smooth shading, so the same number can be asked of the
-    image and of the drawn face.
+    image and of the drawn face. ``mask`` (bool, the shape of ``volume``) is the
+    region; without one, the whole volume.
     """
-    if not mask.any():
+    if mask is None:
+        values = np.asarray(volume, np.float32)
+        residual = (values - ndi.uniform_filter(values, 3)).ravel()
+    elif not mask.any():
         return float("nan")
-    box = bounding_box(mask, margin=1)
-    values = volume[box].astype(np.float32)
-    residual = (values - ndi.uniform_filter(values, 3))[mask[box]]
+    else:
+        box = bounding_box(mask, margin=1)
+        values = volume[box].astype(np.float32)
+        residual = (values - ndi.uniform_filter(values, 3))[mask[box]]
     if residual.size < 50:
         return float("nan")
     if residual.size > MAX_SAMPLES:
@@ -289,7 +294,7 @@ def add_noise(
 
     if amplitude is not None:
         return noisy(amplitude)
-    roughness_per_unit = local_noise_sd(real_noise, np.ones(signal.shape, bool))
+    roughness_per_unit = local_noise_sd(real_noise)
     amplitude = model.tissue_roughness / max(roughness_per_unit, 1e-6)
     if region is None or not region.any():
         return noisy(amplitude)

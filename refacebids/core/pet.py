@@ -144,7 +144,7 @@ def reface_frame(
     signal = ndi.gaussian_filter(signal, sigma_voxels)
     noise = correlated_noise(signal.shape, model, rng)
     # The drawn noise is measured as the image's was, so the two compare like for like.
-    noise /= max(local_noise_sd(noise, np.ones(noise.shape, bool)), 1e-6)
+    noise /= max(local_noise_sd(noise), 1e-6)
     noisy = signal + per_sqrt_count * np.sqrt(np.maximum(signal, 0.0)) * noise
     noisy = noisy[replaced[box]]
     if volume.min() >= 0:
