@@ -293,7 +293,7 @@ def register_template(
         "--write-composite-transform", "1", "--output", f"[{out_prefix}]",
     ])
     composite = f"{out_prefix}Composite.h5"
-    coords = map_grid(composite, values.shape, grid_affine)
+    coords = map_grid(composite, values.shape, grid_affine, threads)
     grid_coordinates = f"{out_prefix}grid_coordinates.npz"
     np.savez(grid_coordinates, coords=coords, affine=grid_affine)
     return RegistrationResult(
@@ -356,12 +356,20 @@ def registration_quality(
         raise ValueError(f"unknown registration overlap {overlap!r}")
     spacing = np.linalg.norm(affine[:3, :3], axis=0)
     if coords is None:
-        coords = map_grid(transforms, image.shape, affine)
-    values = template_image_at(template_file, coords, outside=OUTSIDE_TEMPLATE)
-    covered = values > 0.5 * OUTSIDE_TEMPLATE
-    warped = np.where(covered, values, np.float32(0.0))  # ANTs' resampling writes 0 beyond the grid
+        coords = map_grid(transforms, image.shape, affine, threads)
     folder = Path(template_file).parent
     brain_file = next(folder.glob("*_desc-brain_mask.nii*"))
+    # What the scalp overlap needs of the template is sampled with its head.
+    values, *scalp_samples = in_parallel(
+        threads,
+        lambda: template_image_at(template_file, coords, outside=OUTSIDE_TEMPLATE),
+        *(() if overlap == EDGES else (
+            lambda: template_image_at(next(folder.glob("*_desc-reface_dseg.nii*")), coords, order=0),
+            lambda: template_image_at(brain_file, coords),
+        )),
+    )
+    covered = values > 0.5 * OUTSIDE_TEMPLATE
+    warped = np.where(covered, values, np.float32(0.0))  # ANTs' resampling writes 0 beyond the grid
     turns = turned_probes(linear_fit(coords, covered), template_mask_centre(brain_file), TURN_DEGREES[overlap])
     head_dice = edge_dice = brain_like = None
     if overlap == EDGES:
@@ -370,11 +378,7 @@ def registration_quality(
         brain_like = brain_like_share(image[every_other], brain_depth_at(coords[every_other], brain_file),
                                       BRAIN_VALUES)
     else:
-        labels, near_brain = in_parallel(
-            threads,
-            lambda: template_image_at(next(folder.glob("*_desc-reface_dseg.nii*")), coords, order=0),
-            lambda: template_image_at(brain_file, coords),
-        )
+        labels, near_brain = scalp_samples
         head_dice, peak_ratio, turn_ratio = cranium_overlap(image, warped, labels, near_brain, spacing, turns,
                                                             threads=threads)
     return {

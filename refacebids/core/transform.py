@@ -16,11 +16,13 @@ takes them (a point goes through the first listed first).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 from scipy import ndimage as ndi
 
+from ..utils.threads import in_parallel
 from .geometry import RAS_TO_LPS, apply_affine_float32, world_grid
 
 
@@ -93,7 +95,7 @@ def read_transforms(path) -> list:
     return parts[::-1]
 
 
-def map_points(parts: list, points: np.ndarray) -> np.ndarray:
+def map_points(parts: list, points: np.ndarray, threads: int = 1) -> np.ndarray:
     """(..., 3) float32 RAS world points mapped through ``parts`` (``read_transforms``).
 
     Parameters
@@ -102,6 +104,8 @@ def map_points(parts: list, points: np.ndarray) -> np.ndarray:
         In the order they apply.
     points : (..., 3) array
         RAS world coordinates (mm).
+    threads : int
+        A displacement's three components are interpolated on as many threads at once.
 
     Returns
     -------
@@ -113,18 +117,18 @@ def map_points(parts: list, points: np.ndarray) -> np.ndarray:
         if isinstance(part, LinearPart):
             mapped = apply_affine_float32(part.as_affine(), mapped)
         else:
-            mapped = mapped + _displacement_at(part, mapped)
+            mapped = mapped + _displacement_at(part, mapped, threads)
     return apply_affine_float32(RAS_TO_LPS, mapped)
 
 
-def map_grid(transforms, shape: tuple, affine: np.ndarray) -> np.ndarray:
+def map_grid(transforms, shape: tuple, affine: np.ndarray, threads: int = 1) -> np.ndarray:
     """(I, J, K, 3) float32 RAS points to which ``transforms`` (a file, or files in
     ``ants.apply_transforms`` order) map every voxel centre of the grid (``shape``, its
-    (4, 4) ``affine``)."""
-    return map_points(read_transforms(transforms), world_grid(affine, tuple(shape[:3])))
+    (4, 4) ``affine``), on ``threads`` (see ``map_points``)."""
+    return map_points(read_transforms(transforms), world_grid(affine, tuple(shape[:3])), threads)
 
 
-def _displacement_at(part: DisplacementPart, points: np.ndarray) -> np.ndarray:
+def _displacement_at(part: DisplacementPart, points: np.ndarray, threads: int = 1) -> np.ndarray:
     """(..., 3) float32 displacement at LPS ``points`` (..., 3), as ITK evaluates it.
 
     Within half a voxel beyond the grid's outer voxel centres the nearest values hold
@@ -134,10 +138,10 @@ def _displacement_at(part: DisplacementPart, points: np.ndarray) -> np.ndarray:
     size = np.asarray(part.field.shape[:3], np.float32)
     inside = np.all((index >= -0.5) & (index <= size - 0.5), axis=-1)
     flat_index = index.reshape(-1, 3).T
-    displacement = np.stack([
-        ndi.map_coordinates(part.field[..., axis], flat_index, order=1, mode="nearest")
+    displacement = np.stack(in_parallel(threads, *(
+        partial(ndi.map_coordinates, part.field[..., axis], flat_index, order=1, mode="nearest")
         for axis in range(3)
-    ], axis=-1).reshape(points.shape)
+    )), axis=-1).reshape(points.shape)
     displacement[~inside] = 0.0
     return displacement
 
