@@ -20,7 +20,9 @@ from scipy import ndimage as ndi
 
 from . import modalities
 from .core import warp
-from .core.geometry import bounding_box, distance_mm, other_grid_index, resample_aligned, working_grid, world_grid
+from .core.geometry import (
+    bounding_box, other_grid_index, resample_aligned, voxels_of_subgrid, working_grid, world_grid,
+)
 from .core.image import c_ordered, header_warnings, scrubbed_header, to_raw, write_like
 from .core.intensity import SKIN_PROFILE_MM, distribution_distance
 from .core.noise import local_noise_sd
@@ -510,15 +512,14 @@ def template_data(template) -> TemplateData:
     head_level = skin_threshold(t1w)
     head = head_mask(t1w, zooms, head_level)
     dseg_img = nib.load(str(template.dseg))
-    dseg_on_t1w = sample_at(
-        np.asanyarray(dseg_img.dataobj).astype(np.float32),
-        dseg_img.affine,
-        world_grid(img.affine, t1w.shape).reshape(-1, 3),
-        order=0,
-    )
-    brain = np.asanyarray(nib.load(str(template.brain_mask)).dataobj) > 0
-    outside_protected = distance_mm(~brain, zooms) > warp.PROTECT_MARGIN_MM
-    facial = dseg_on_t1w.reshape(t1w.shape) == warp.FACE
+    dseg = np.asanyarray(dseg_img.dataobj).astype(np.float32)
+    dseg_on_t1w = voxels_of_subgrid(dseg, dseg_img.affine, t1w.shape, img.affine)
+    if dseg_on_t1w is None:
+        dseg_on_t1w = sample_at(
+            dseg, dseg_img.affine, world_grid(img.affine, t1w.shape).reshape(-1, 3), order=0
+        ).reshape(t1w.shape)
+    outside_protected = warp.template_brain_distance(template) > warp.PROTECT_MARGIN_MM
+    facial = dseg_on_t1w == warp.FACE
     face = facial & (t1w > head_level) & outside_protected
     # The raised skin and the air profile in front of it reach beyond the template's grid
     # (its nose tip lies 5 mm from the front of the grid, its sides 0.5-3 mm from the

@@ -52,6 +52,20 @@ def world_grid(affine: np.ndarray, shape: tuple[int, int, int]) -> np.ndarray:
     return np.moveaxis(xyz.reshape(3, *shape), 0, -1)
 
 
+def voxels_of_subgrid(values: np.ndarray, values_affine: np.ndarray, shape: tuple, affine: np.ndarray):
+    """(I, J, K) view of ``values`` at the voxels of a grid (``shape``, ``affine``) made of
+    its own voxels (same axes and spacing, offset by whole voxels, inside it): what
+    nearest-neighbour sampling gives there, without sampling. ``None`` for any other grid.
+    """
+    voxel_to_values = np.linalg.inv(values_affine) @ affine
+    offset = np.rint(voxel_to_values[:3, 3])
+    if not (np.allclose(voxel_to_values[:3, :3], np.eye(3), atol=1e-6)
+            and np.allclose(voxel_to_values[:3, 3], offset, atol=1e-4)
+            and np.all(offset >= 0) and np.all(offset + shape[:3] <= values.shape[:3])):
+        return None
+    return values[tuple(slice(int(start), int(start) + n) for start, n in zip(offset, shape[:3]))]
+
+
 def world_to_voxel(points: np.ndarray, affine: np.ndarray) -> np.ndarray:
     """(..., 3) world points to continuous voxel indices of the grid with ``affine`` (float32)."""
     return apply_affine_float32(np.linalg.inv(affine), points)

@@ -117,6 +117,12 @@ def nearest_labels(index: list, dseg: np.ndarray) -> np.ndarray:
     return np.where(inside, dseg.ravel()[flat], 0).astype(np.uint8)
 
 
+def template_brain_distance(template) -> np.ndarray:
+    """(X, Y, Z) float32 distance (mm) to the template's brain on its own grid (the
+    T1w's), computed once per process."""
+    return _template_brain_distances(str(template.brain_mask), inside=False)[0]
+
+
 def brain_distance_at(coords: np.ndarray, template) -> np.ndarray:
     """(...) float32 distance (mm) to the template's brain at template coordinates ``coords`` (..., 3).
 
@@ -195,7 +201,7 @@ def preload(template) -> None:
         _template_image(str(image_file))
     _template_labels(str(template.dseg))
     for inside in (False, True):
-        _template_brain_distances(str(template.brain_mask), inside)
+        _template_brain_distances(str(template.brain_mask), inside=inside)  # as the steps call it: one cache key
     template_mask_centre(template.brain_mask)
 
 
