@@ -367,6 +367,22 @@ def test_distance_mm_is_the_euclidean_distance_in_mm_to_the_nearest_false_voxel(
     assert np.isinf(distance_mm(np.ones((3, 3, 3), bool), zooms)).all()
 
 
+def test_signed_depth_is_the_two_distances_to_the_surface_from_either_side():
+    from refacebids.core.surface import signed_depth, skin_threshold
+
+    img = nib.load(T1W_A)
+    volume = np.asanyarray(img.dataobj).astype(np.float32)
+    rng = np.random.default_rng(13)
+    for zooms, head in (
+        (img.header.get_zooms()[:3], head_mask(volume, img.header.get_zooms()[:3], skin_threshold(volume))),
+        ((0.9, 1.3, 2.4), rng.random((20, 30, 12)) < 0.5),  # anisotropic, many surfaces
+    ):
+        expected = distance_mm(~head, zooms) - distance_mm(head, zooms)
+        assert np.array_equal(signed_depth(head, zooms), expected)
+    for uniform in (np.ones((4, 4, 4), bool), np.zeros((4, 4, 4), bool)):
+        assert np.array_equal(signed_depth(uniform, zooms), distance_mm(~uniform, zooms) - distance_mm(uniform, zooms))
+
+
 def test_holes_are_filled_slice_by_slice_as_a_2d_flood_fill_fills_them():
     rng = np.random.default_rng(12)
     for _ in range(20):

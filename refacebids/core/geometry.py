@@ -124,6 +124,18 @@ def distance_mm(mask: np.ndarray, zooms) -> np.ndarray:
     return edt.edt(np.ascontiguousarray(mask, dtype=bool), anisotropy=tuple(float(z) for z in zooms), parallel=1)
 
 
+def distance_across_mm(mask: np.ndarray, zooms) -> np.ndarray:
+    """(I, J, K) float32 distance (mm) from each voxel to the nearest voxel on the other
+    side of ``mask``'s surface: ``distance_mm(mask)`` on True voxels, ``distance_mm(~mask)``
+    on False ones, in one (two-label) transform of the ``edt`` package, at two thirds of
+    the time of the two. Infinite when one side is empty.
+    """
+    import edt
+
+    sides = np.ascontiguousarray(mask, dtype=np.uint8) + np.uint8(1)
+    return edt.edt(sides, anisotropy=tuple(float(z) for z in zooms), black_border=False, parallel=1)
+
+
 def resample_aligned(values: np.ndarray, values_affine: np.ndarray, shape: tuple, affine: np.ndarray) -> np.ndarray:
     """(I, J, K) float32 trilinear interpolation of a grid's (i, j, k) ``values`` at the voxels
     of another grid with the same axes (a working grid and its image, either way).

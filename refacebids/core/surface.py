@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage as ndi
 
-from .geometry import bounding_box, distance_mm
+from .geometry import bounding_box, distance_across_mm, distance_mm
 
 MOVED_MM = 2.0
 
@@ -109,7 +109,10 @@ def head_mask(
 def signed_depth(head: np.ndarray, zooms) -> np.ndarray:
     """(I, J, K) float32 distance (mm) to the surface of the (I, J, K) ``head`` mask:
     negative inside, positive outside."""
-    return distance_mm(~head, zooms) - distance_mm(head, zooms)
+    if head.all() or not head.any():
+        return distance_mm(~head, zooms) - distance_mm(head, zooms)
+    across = distance_across_mm(head, zooms)
+    return np.where(head, -across, across)
 
 
 def skin_surface(mask: np.ndarray) -> np.ndarray:
