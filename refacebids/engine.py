@@ -211,7 +211,7 @@ def replace_face(
         raise ValueError("the face lies outside the image's field of view")
     head_affine = np.array(placement["head_affine"])
     rng = np.random.default_rng(seed)
-    # Found first, and waited for by what needs it: the rest starts at once.
+    # Found first, and waited for by what needs it: the rest starts beside it.
     region = Future()
 
     def replaced_voxels():
@@ -248,12 +248,13 @@ def replace_face(
             threads,
         )
 
-    replaced, (template_at_voxels, new_skin_distance, template_skin_distance, skin_offset), \
-        (tpl_registered, training, template_at_training, air), skin_distance, seam = in_parallel(
+    # In this order no thread waits long: the correspondence runs while the region is found.
+    replaced, (tpl_registered, training, template_at_training, air), \
+        (template_at_voxels, new_skin_distance, template_skin_distance, skin_offset), skin_distance, seam = in_parallel(
             threads,
             replaced_voxels,
-            replacement,
             correspondence,
+            replacement,
             lambda: smooth_skin_distance(skin_depth),
             lambda: seam_weights(region.result(), zooms),
         )
