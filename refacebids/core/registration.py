@@ -359,15 +359,13 @@ def registration_quality(
         coords = map_grid(transforms, image.shape, affine, threads)
     folder = Path(template_file).parent
     brain_file = next(folder.glob("*_desc-brain_mask.nii*"))
-    # What the scalp overlap needs of the template is sampled with its head.
-    values, *scalp_samples = in_parallel(
-        threads,
-        lambda: template_image_at(template_file, coords, outside=OUTSIDE_TEMPLATE),
-        *(() if overlap == EDGES else (
+    samplings = [lambda: template_image_at(template_file, coords, outside=OUTSIDE_TEMPLATE)]
+    if overlap == SCALP:  # its labels and brain, sampled with its head
+        samplings += [
             lambda: template_image_at(next(folder.glob("*_desc-reface_dseg.nii*")), coords, order=0),
             lambda: template_image_at(brain_file, coords),
-        )),
-    )
+        ]
+    values, *scalp_samples = in_parallel(threads, *samplings)
     covered = values > 0.5 * OUTSIDE_TEMPLATE
     warped = np.where(covered, values, np.float32(0.0))  # ANTs' resampling writes 0 beyond the grid
     turns = turned_probes(linear_fit(coords, covered), template_mask_centre(brain_file), TURN_DEGREES[overlap])

@@ -157,8 +157,8 @@ def placed_labels(shape: tuple, affine: np.ndarray, template, head_affine: np.nd
 
     ``affine`` is the image's voxel-to-world affine; ``head_affine`` maps image world to
     template world as the head outside the face places it (see
-    ``refacebids.core.replace.fit_head_affine``). Only the box of the image that the template's tissue labels reach
-    is resampled; everything else is 0.
+    ``refacebids.core.replace.fit_head_affine``). Only the box of the image that the
+    template's tissue labels reach is resampled; everything else is 0.
     """
     dseg, dseg_affine = _template_labels(str(template.dseg))
     voxel_to_dseg = np.linalg.inv(dseg_affine) @ head_affine @ affine
