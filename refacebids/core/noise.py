@@ -277,24 +277,30 @@ def add_noise(
     Adding the roughnesses in quadrature instead overshoots: noise on a smooth padding
     and on a skin edge do not add up the way two noises do. Given ``amplitude``, that is
     the tissue amplitude, and ``region`` and the model's roughness are not used. The real
-    and imaginary noises of a Rician model are correlated on ``threads`` at once.
+    and imaginary noises of a Rician model are correlated, and slabs of the grid made
+    noisy, on ``threads`` at once.
     """
     # Drawn in turn, correlated at once: the same noise as drawing each in full in turn.
+    # The real noise's own roughness, which scales the tissue amplitude, is measured
+    # while the imaginary noise is correlated.
     whites = [rng.standard_normal(signal.shape, dtype=np.float32) for _ in range(2 if model.kind == "rician" else 1)]
-    correlated = in_parallel(threads, *(partial(_smoothed, white, model.correlation_voxels) for white in whites))
-    real_noise, imaginary_noise = correlated[0], (correlated[1] if len(correlated) > 1 else None)
+    calibrated = amplitude is None
+
+    def real_noise_and_roughness() -> tuple[np.ndarray, float]:
+        real = _smoothed(whites[0], model.correlation_voxels)
+        return real, (local_noise_sd(real) if calibrated else np.nan)
+
+    (real_noise, roughness_per_unit), *imaginary_noise = in_parallel(
+        threads, real_noise_and_roughness, *(partial(_smoothed, white, model.correlation_voxels) for white in whites[1:])
+    )
+    noises = (real_noise, *imaginary_noise)
 
     def noisy(tissue_amplitude: float, where=np.s_[:]) -> np.ndarray:
-        share = roughness_share[where]
-        amplitude = model.sigma + share * (max(tissue_amplitude, model.sigma) - model.sigma)
-        real = signal[where] + amplitude * real_noise[where]
-        if imaginary_noise is None:
-            return real
-        return np.sqrt(real**2 + (amplitude * imaginary_noise[where]) ** 2)
+        return in_slabs(threads, _noisy, signal[where], roughness_share[where], *(noise[where] for noise in noises),
+                        reach=0, sigma=model.sigma, tissue_amplitude=tissue_amplitude)
 
     if amplitude is not None:
         return noisy(amplitude)
-    roughness_per_unit = local_noise_sd(real_noise)
     amplitude = model.tissue_roughness / max(roughness_per_unit, 1e-6)
     if region is None or not region.any():
         return noisy(amplitude)
@@ -324,6 +330,17 @@ def add_noise(
         guess = float(min(guess, 4.0 * amplitude))
         points.append((guess, roughness(guess)))
     return noisy(points[-1][0])
+
+
+def _noisy(signal, share, real_noise, *imaginary_noise, sigma: float, tissue_amplitude: float) -> np.ndarray:
+    """``signal`` plus noise whose amplitude goes from ``sigma`` (``share`` 0) to
+    ``tissue_amplitude`` (``share`` 1): the magnitude of the complex sum given
+    ``imaginary_noise`` (Rician), else the real sum. Arrays of one shape."""
+    amplitude = sigma + share * (max(tissue_amplitude, sigma) - sigma)
+    real = signal + amplitude * real_noise
+    if not imaginary_noise:
+        return real
+    return np.sqrt(real**2 + (amplitude * imaginary_noise[0]) ** 2)
 
 
 def value_spread(values: np.ndarray) -> float:
