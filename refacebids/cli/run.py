@@ -318,5 +318,18 @@ def _stderr_for_errors_only():
         errors.close()
 
 
+def command() -> None:
+    """The ``refacebids`` command: :func:`main`, exiting with its status.
+
+    Everything the run built (pybids' index, Nipype's graph, the template's arrays) is
+    frozen out of the garbage collections Python runs as it exits: they walked some
+    150 000 objects for 0.25-0.33 s after everything was written. Exit handlers still
+    run.
+    """
+    status = main()
+    gc.freeze()
+    sys.exit(status)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    command()
