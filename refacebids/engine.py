@@ -144,7 +144,8 @@ def compute_masks(
         packed = np.concatenate([coords, coarse_labels[..., None].astype(np.float32)], axis=-1)
         nib.Nifti1Image(packed, coarse_affine).to_filename(masks.coords)
         placed = warp.placed_labels(shape, head.affine, template, placement)
-        return (*warp.labels_on_grid(coords, coarse_affine, shape, head.affine, template), placement, placed)
+        return (*warp.labels_on_grid(coords, coarse_affine, shape, head.affine, template, threads),
+                placement, placed)
 
     (labels, brain_distance, placement, placed), (outside_head, skin_level) = in_parallel(
         threads, template_labels, image_skin)

@@ -7,12 +7,13 @@ and the region is never thinner than the mask itself.
 
 from __future__ import annotations
 
-from functools import lru_cache
+from functools import lru_cache, partial
 
 import nibabel as nib
 import numpy as np
 from scipy import ndimage as ndi
 
+from ..utils.threads import in_parallel
 from .geometry import bounding_box, distance_mm, resample_aligned, world_to_voxel
 from .transform import map_grid
 
@@ -43,7 +44,7 @@ def warp_image(
 
 
 def labels_on_grid(
-    coords: np.ndarray, coarse_affine: np.ndarray, shape: tuple, affine: np.ndarray, template,
+    coords: np.ndarray, coarse_affine: np.ndarray, shape: tuple, affine: np.ndarray, template, threads: int = 1,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Refacing labels on an image grid, and the distance to the template's brain there.
 
@@ -63,6 +64,8 @@ def labels_on_grid(
     affine : (4, 4) ndarray
         The image grid's voxel-to-world affine.
     template : refacebids.templates.Template
+    threads : int
+        The four interpolations run on as many threads at once.
 
     Returns
     -------
@@ -73,8 +76,12 @@ def labels_on_grid(
     """
     dseg, dseg_affine = _template_labels(str(template.dseg))
     index = world_to_voxel(coords, dseg_affine)
-    labels = nearest_labels([resample_aligned(index[..., axis], coarse_affine, shape, affine) for axis in range(3)], dseg)
-    return labels, resample_aligned(brain_distance_at(coords, template), coarse_affine, shape, affine)
+    *index_on_grid, brain_distance = in_parallel(
+        threads,
+        *(partial(resample_aligned, index[..., axis], coarse_affine, shape, affine) for axis in range(3)),
+        lambda: resample_aligned(brain_distance_at(coords, template), coarse_affine, shape, affine),
+    )
+    return nearest_labels(index_on_grid, dseg), brain_distance
 
 
 def coarse_labels(coords: np.ndarray, template) -> np.ndarray:
