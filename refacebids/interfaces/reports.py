@@ -42,21 +42,24 @@ class FaceReportlets(SimpleInterface):
 
     def _run_interface(self, runtime):
         reuse_freed_memory()
-        before = load_head_image(self.inputs.in_file)
-        after = load_head_image(self.inputs.out_file)
-        replaced = np.asanyarray(nib.load(self.inputs.mask_file).dataobj) > 0
-        labels = np.asanyarray(nib.load(self.inputs.labels_file).dataobj)
+        threads = self.inputs.num_threads
+        before, after, replaced, labels = in_parallel(
+            threads,
+            lambda: load_head_image(self.inputs.in_file),
+            lambda: load_head_image(self.inputs.out_file),
+            lambda: np.asanyarray(nib.load(self.inputs.mask_file).dataobj) > 0,
+            lambda: np.asanyarray(nib.load(self.inputs.labels_file).dataobj),
+        )
         protected = labels == PROTECTED
         slices = os.path.join(runtime.cwd, "slices.png")
         renders = os.path.join(runtime.cwd, "renders.png")
         before_values, after_values = before.reference(), after.reference()
         in_parallel(
-            self.inputs.num_threads,
+            threads,
             lambda: slices_before_after(
                 before_values, after_values, before.affine, replaced, protected, slices, labels=labels,
             ),
-            lambda: renders_before_after(before_values, after_values, before.affine, renders,
-                                         threads=self.inputs.num_threads),
+            lambda: renders_before_after(before_values, after_values, before.affine, renders, threads=threads),
         )
         self._results["reportlets"] = [slices, renders]
         return runtime
