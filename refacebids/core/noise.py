@@ -296,8 +296,8 @@ def add_noise(
     noises = (real_noise, *imaginary_noise)
 
     def noisy(tissue_amplitude: float, where=np.s_[:]) -> np.ndarray:
-        return in_slabs(threads, _noisy, signal[where], roughness_share[where], *(noise[where] for noise in noises),
-                        reach=0, sigma=model.sigma, tissue_amplitude=tissue_amplitude)
+        arrays = (signal[where], roughness_share[where], *(noise[where] for noise in noises))
+        return in_slabs(threads, _noisy, *arrays, reach=0, sigma=model.sigma, tissue_amplitude=tissue_amplitude)
 
     if amplitude is not None:
         return noisy(amplitude)

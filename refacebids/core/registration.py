@@ -84,18 +84,18 @@ RIGID = Stage("Rigid[0.25]", ",Regular,0.2", iterations=(500, 200), shrink=(2, 1
 # the working grid's direction changed by 1e-9) put the template's face 0.6-5.8 mm from
 # a reference registration that also ran SyN at 2 mm, two of them more than 5 mm (a 1 %
 # difference in the affine's scale, amplified by SyN); with half, 0.7-1.1 mm for all
-# eight (a third: up to 2.4 mm). The affine stage's 4 mm level smoothed by 2 voxels
-# is left out too (its level smoothed by 1 starts from the 8 mm result), and SyN's 4 mm
+# eight (a third: up to 2.4 mm). The affine stage's 4 mm level smoothed by 2 voxels is
+# left out too (its level smoothed by 1 starts from the 8 mm result), and SyN's 4 mm
 # level, at 0.25-0.3 s an iteration the costliest of all, runs 3 (antspyx: 20). Judged
 # against a reference registration run down to 2 mm (affine at 8, 4, 4 and 2 mm, SyN
 # 40x20x10 at 8, 4 and 2 mm) on eleven real and simulated heads (T1w, T2w, PD, PET, the
 # mricrogl CT), the template's face lay a mean 0.96 mm from it (another seed: 1.10),
 # where both 4 mm affine levels and 5 SyN iterations put it 1.07 mm (another seed:
-# 0.99), and ANTs took 0.6-2.0 s less on ten of them (2026-12-07). The vtk CT's registration hangs on the seed
-# (the earlier levels failed its check with two of seven seeds and put the face
-# 2.9-6.2 mm off with the rest): 2.2 and 2.5 mm. Fewer levels did not hold: with the
-# rigid start at 8 mm alone the face lay a mean 1.4-5.4 mm from the reference on three
-# of four heads (these levels: 0.8-2.5 mm).
+# 0.99), and ANTs took 0.6-2.0 s less on ten of them (2026-12-07). The vtk CT's
+# registration hangs on the seed (the earlier levels failed its check with two of seven
+# seeds and put the face 2.9-6.2 mm off with the rest): 2.2 and 2.5 mm. Fewer levels did
+# not hold: with the rigid start at 8 mm alone the face lay a mean 1.4-5.4 mm from the
+# reference on three of four heads (these levels: 0.8-2.5 mm).
 STAGES = (
     Stage("Affine[0.25]", ",Regular,0.5", iterations=(2100, 1200), shrink=(4, 2), smoothing=(3, 1)),
     Stage("SyN[0.2,3,0]", "", iterations=(40, 3), shrink=(4, 2), smoothing=(2, 1), convergence="1e-7,8"),
@@ -120,18 +120,18 @@ MIN_PEAK_RATIO = 1.15
 #   A CT of the skull base and face has too little cranium for the scalp: what is left
 #   of it is nearly a cylinder, which a probe moved 8 mm along it fits as well.
 SCALP, EDGES = "scalp", "edges"
-# How far the turned probes turn, by overlap. A probe turned too little is a peak
-# itself (the registration beats it by less than MIN_PEAK_RATIO); one turned too far
-# leaves a registration turned less than it, or about another axis, nearer none of the
-# probes than to the truth. The scalp over a nearly round cranium changes slowly with a
-# turn about its centre: correct registrations beat probes turned 10 degrees by
-# 1.12-1.20 only, 15 degrees by 1.24-1.35 (every MRI and PET case of the tests; 1.18-1.36
-# with the levels of 2026-12-07, the simulated dynamic FDG PET lowest), and
-# IXI049 T1w turned 10 degrees alone then scores 0.86-0.98 (about a diagonal axis
-# 1.00-1.06). A CT's edges change fast: 7.5 degrees is beaten by 1.37-1.52 (the CT
-# cases; 1.39-1.49 with the levels of 2026-12-07) and refuses every 10 degree turn measured, about the three axes (vtk 0.59-0.79,
-# mricrogl 0.69-0.78) and the diagonals (up to 1.12, vtk); at 15 degrees turns about a
-# diagonal passed (mricrogl 1.15, vtk 1.22).
+# How far the turned probes turn, by overlap. A probe turned too little is a peak itself
+# (the registration beats it by less than MIN_PEAK_RATIO); one turned too far leaves a
+# registration turned less than it, or about another axis, nearer none of the probes
+# than to the truth. The scalp over a nearly round cranium changes slowly with a turn
+# about its centre: correct registrations beat probes turned 10 degrees by 1.12-1.20
+# only, 15 degrees by 1.24-1.35 (every MRI and PET case of the tests; 1.18-1.36 with the
+# levels of 2026-12-07, the simulated dynamic FDG PET lowest), and IXI049 T1w turned 10
+# degrees alone then scores 0.86-0.98 (about a diagonal axis 1.00-1.06). A CT's edges
+# change fast: 7.5 degrees is beaten by 1.37-1.52 (the CT cases; 1.39-1.49 with the
+# levels of 2026-12-07) and refuses every 10 degree turn measured, about the three axes
+# (vtk 0.59-0.79, mricrogl 0.69-0.78) and the diagonals (up to 1.12, vtk); at 15 degrees
+# turns about a diagonal passed (mricrogl 1.15, vtk 1.22).
 TURN_DEGREES = {SCALP: 15.0, EDGES: 7.5}
 # A CT's check also asks that the image hold brain where the template's brain is: the
 # registered image is the CT's pseudo-T1w (core/ct.py), in which brain (-20 to 100 HU)
