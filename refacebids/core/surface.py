@@ -109,8 +109,6 @@ def head_mask(
 def signed_depth(head: np.ndarray, zooms) -> np.ndarray:
     """(I, J, K) float32 distance (mm) to the surface of the (I, J, K) ``head`` mask:
     negative inside, positive outside."""
-    if head.all() or not head.any():
-        return distance_mm(~head, zooms) - distance_mm(head, zooms)
     across = distance_across_mm(head, zooms)
     return np.where(head, -across, across)
 
