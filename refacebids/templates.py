@@ -79,12 +79,9 @@ def load_template(name_or_path: str | None = None, work_dir=None) -> Template:
     into ``work_dir`` once and reused by later runs.
     """
     name_or_path = name_or_path or DEFAULT_TEMPLATE
-    path = Path(name_or_path)
-    if path.is_dir():
-        return _from_folder(path.resolve())
-    embedded = embedded_templates_dir() / f"tpl-{name_or_path}"
-    if embedded.is_dir():
-        return _from_folder(embedded)
+    template = local_template(name_or_path)
+    if template is not None:
+        return template
     head = _templateflow_head(name_or_path)
     if head is not None:
         if work_dir is None:
@@ -95,6 +92,16 @@ def load_template(name_or_path: str | None = None, work_dir=None) -> Template:
         f"whose T1w head is in your TemplateFlow home, or one of "
         f"{sorted(p.name[4:] for p in embedded_templates_dir().glob('tpl-*'))}"
     )
+
+
+def local_template(name_or_path: str | None = None) -> Template | None:
+    """The template of a folder path or an embedded name, read as it is (nothing is
+    written); ``None`` for any other name."""
+    path = Path(name_or_path or DEFAULT_TEMPLATE)
+    if path.is_dir():
+        return _from_folder(path.resolve())
+    embedded = embedded_templates_dir() / f"tpl-{path}"
+    return _from_folder(embedded) if embedded.is_dir() else None
 
 
 def _templateflow_head(name: str) -> Path | None:

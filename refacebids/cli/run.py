@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import gc
 import logging
+import multiprocessing
 import os
 import re
 import sys
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -81,13 +83,11 @@ def main(argv=None) -> int:
 
 def _run_participant(opts, bids_dir, output_dir, work_dir, execution) -> dict:
     """Reface the selected images; return ``{relpath: reason}`` of those that failed."""
-    from ..utils.bids import collect_images
+    from ..templates import local_template
 
-    jobs = collect_images(
-        bids_dir,
-        opts.participant_label,
-        opts.session_label,
-        validate=not opts.skip_bids_validation,
+    jobs = _collected_while_preloading(
+        bids_dir, opts.participant_label, opts.session_label, validate=not opts.skip_bids_validation,
+        template=local_template(opts.template) if execution.plugin in LOCAL_PLUGINS else None,
     )
     if not jobs:
         LOGGER.warning("nothing to do: no image matched the selection")
@@ -95,6 +95,27 @@ def _run_participant(opts, bids_dir, output_dir, work_dir, execution) -> dict:
     # Taken before anything is written, held until everything is.
     with folder_lock(output_dir), folder_lock(work_dir, "the work dir"):
         return _reface(opts, jobs, bids_dir, output_dir, work_dir, execution)
+
+
+def _collected_while_preloading(*selection, validate: bool, template) -> list:
+    """``collect_images(*selection, validate=validate)``; meanwhile, with a ``template``,
+    its arrays are derived in this process, for the graph's workers forked from it
+    afterwards to inherit.
+
+    pybids indexes the dataset in a process forked for it: both it and the derivation
+    hold Python's lock most of the time, and on two threads of one process each waited
+    for the other (0.85 s together, 0.36 s and 0.54 s apart).
+    """
+    from ..utils.bids import collect_images
+
+    if template is None:
+        return collect_images(*selection, validate=validate)
+    from ..engine import preload_template
+
+    with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("fork")) as pool:
+        collected = pool.submit(collect_images, *selection, validate=validate)
+        preload_template(template)
+        return collected.result()
 
 
 def _reface(opts, jobs, bids_dir, output_dir, work_dir, execution) -> dict:
@@ -166,7 +187,7 @@ def _reface(opts, jobs, bids_dir, output_dir, work_dir, execution) -> dict:
         if execution.plugin in LOCAL_PLUGINS:
             from ..engine import preload_template
 
-            preload_template(template)
+            preload_template(template)  # done already, unless adopted from TemplateFlow
         LOGGER.info("running with %s", describe(execution))
         _run_workflow(workflow, work_dir, crash_dir, execution)
         crashes = _crash_reasons(crash_dir)
