@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 import numpy as np
 
 RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
@@ -213,7 +215,8 @@ def shifted_along(volume: np.ndarray, axis: int, steps: float, outside: float) -
     return out
 
 
-def mapped_values(volume: np.ndarray, voxel_maps, where: np.ndarray, outside: float) -> np.ndarray:
+def mapped_values(volume: np.ndarray, voxel_maps, where: np.ndarray, outside: float,
+                  threads: int = 1) -> np.ndarray:
     """(P, N) float32 values of the (I, J, K) ``volume`` where each of the P (4, 4)
     ``voxel_maps`` sends the N True voxels of ``where`` (I, J, K) bool (``np.nonzero``
     order).
@@ -221,7 +224,8 @@ def mapped_values(volume: np.ndarray, voxel_maps, where: np.ndarray, outside: fl
     Linear interpolation; ``outside`` where a map leaves the grid. With a map that
     moves the volume's content by ``m``, the voxel map is the inverse of ``m``: each
     voxel takes the value from where its content came. Only the voxels asked for are
-    interpolated, and their indices are found once for every map.
+    interpolated, and their indices are found once for every map; ``threads`` maps
+    are interpolated at once.
 
     >>> volume = np.arange(4.0).reshape(4, 1, 1)
     >>> back_half = np.eye(4)
@@ -231,16 +235,21 @@ def mapped_values(volume: np.ndarray, voxel_maps, where: np.ndarray, outside: fl
     """
     from scipy import ndimage as ndi
 
+    from ..utils.threads import in_parallel
+
     volume = np.asarray(volume, np.float32)
     index = [axis.astype(np.float32) for axis in np.nonzero(where)]
     out = np.empty((len(voxel_maps), len(index[0])), np.float32)
-    source = np.empty((3, len(index[0])), np.float32)
-    for row, voxel_map in enumerate(voxel_maps):
-        matrix = np.asarray(voxel_map, np.float32)
+
+    def interpolate(row: int) -> None:
+        matrix = np.asarray(voxel_maps[row], np.float32)
+        source = np.empty((3, len(index[0])), np.float32)
         for axis in range(3):
             np.multiply(index[0], matrix[axis, 0], out=source[axis])
             source[axis] += matrix[axis, 1] * index[1]
             source[axis] += matrix[axis, 2] * index[2]
             source[axis] += matrix[axis, 3]
         ndi.map_coordinates(volume, source, output=out[row], order=1, mode="constant", cval=outside)
+
+    in_parallel(threads, *(partial(interpolate, row) for row in range(len(voxel_maps))))
     return out

@@ -376,18 +376,25 @@ def registration_quality(
     covered = values > 0.5 * OUTSIDE_TEMPLATE
     warped = np.where(covered, values, np.float32(0.0))  # ANTs' resampling writes 0 beyond the grid
     turns = turned_probes(linear_fit(coords, covered), template_mask_centre(brain_file), TURN_DEGREES[overlap])
-    head_dice = edge_dice = brain_like = None
-    if overlap == EDGES:
-        edge_dice, peak_ratio, turn_ratio = edge_overlap(image, warped, covered, spacing, turns)
-        every_other = (slice(None, None, 2),) * 3
-        brain_like = brain_like_share(image[every_other], brain_depth_at(coords[every_other], brain_file),
-                                      BRAIN_VALUES)
-    else:
+
+    def overlap_scores() -> tuple:
+        """(head_dice, edge_dice, peak_ratio, turn_ratio, brain_like)"""
+        if overlap == EDGES:
+            every_other = (slice(None, None, 2),) * 3
+            brain_like = brain_like_share(image[every_other], brain_depth_at(coords[every_other], brain_file),
+                                          BRAIN_VALUES)
+            edge_dice, peak_ratio, turn_ratio = edge_overlap(image, warped, covered, spacing, turns, threads=threads)
+            return None, edge_dice, peak_ratio, turn_ratio, brain_like
         labels, near_brain = scalp_samples
         head_dice, peak_ratio, turn_ratio = cranium_overlap(image, warped, labels, near_brain, spacing, turns,
                                                             threads=threads)
+        return head_dice, None, peak_ratio, turn_ratio, None
+
+    # The similarity is measured beside the overlap, which only partly fills the threads.
+    similarity, (head_dice, edge_dice, peak_ratio, turn_ratio, brain_like) = in_parallel(
+        threads, partial(mutual_information, image, warped), overlap_scores)
     return {
-        "similarity": mutual_information(image, warped),
+        "similarity": similarity,
         "overlap": overlap,
         "head_dice": head_dice,
         "edge_dice": edge_dice,
@@ -462,17 +469,18 @@ def cranium_overlap(
     turns : sequence of (4, 4) ndarray
         Voxel maps of the turned probes (:func:`turned_probes`).
     threads : int
-        The image's and the template's shells are found on as many threads at once.
+        The image's and the template's shells and the distance to the brain are found,
+        and the turned probes interpolated, on as many threads at once.
     """
     from .warp import FOREHEAD, TISSUE_LABELS
 
     spacing = tuple(float(s) for s in spacing)
-    distance = distance_mm(near_brain < 0.5, spacing)
+    image_depth, template_depth, distance = in_parallel(
+        threads, *(partial(_head_depth, head, spacing) for head in (image, warped)),
+        partial(distance_mm, near_brain < 0.5, spacing),
+    )
     facial = np.isin(labels, [t for t in TISSUE_LABELS if t != FOREHEAD])
     cranium = (distance <= CRANIUM_MM) & ~facial
-    image_depth, template_depth = in_parallel(
-        threads, *(partial(_head_depth, head, spacing) for head in (image, warped))
-    )
     image_shell = _shell(image_depth) & cranium
     dices = [_dice(image_shell, _shell(template_depth + dark) & cranium) for dark in DARK_SKIN_MM]
     dice, dark = max(dices), DARK_SKIN_MM[int(np.argmax(dices))]
@@ -486,7 +494,7 @@ def cranium_overlap(
     # the image's shell: the same Dice, interpolated at a fraction of the voxels.
     image_shell_at = image_shell[cranium]
     turned = [_dice(image_shell_at, _shell(depth + dark))
-              for depth in mapped_values(template_depth, turns, cranium, outside=1e6)]
+              for depth in mapped_values(template_depth, turns, cranium, outside=1e6, threads=threads)]
     return dice, _peak_ratio(dice, probes), _peak_ratio(dice, turned)
 
 
@@ -496,7 +504,7 @@ def _head_depth(volume: np.ndarray, spacing) -> np.ndarray:
 
 
 def edge_overlap(
-    image: np.ndarray, template: np.ndarray, covered: np.ndarray, spacing, turns=(),
+    image: np.ndarray, template: np.ndarray, covered: np.ndarray, spacing, turns=(), threads: int = 1,
 ) -> tuple[float, float, float | None]:
     """How well the registered template's strongest edges meet the image's.
 
@@ -519,6 +527,8 @@ def edge_overlap(
         Voxel size (mm).
     turns : sequence of (4, 4) ndarray
         Voxel maps of the turned probes (:func:`turned_probes`).
+    threads : int
+        The turned probes are interpolated on as many threads at once.
 
     Returns
     -------
@@ -559,7 +569,7 @@ def edge_overlap(
         template_gradient = np.where(covered_depth > 2.0 * EDGE_SMOOTHING_MM, template_gradient, np.float32(0.0))
         image_edges_at = image_edges[region]
         turned = [_dice(image_edges_at, gradient > level)
-                  for gradient in mapped_values(template_gradient, turns, region, outside=0.0)]
+                  for gradient in mapped_values(template_gradient, turns, region, outside=0.0, threads=threads)]
     return dice, _peak_ratio(dice, probes), _peak_ratio(dice, turned)
 
 
