@@ -23,7 +23,7 @@ from .core import warp
 from .core.geometry import (
     bounding_box, other_grid_index, resample_aligned, voxels_of_subgrid, working_grid, world_grid,
 )
-from .core.image import c_ordered, header_warnings, scrubbed_header, to_raw, write_like
+from .core.image import header_warnings, scrubbed_header, to_raw, write_like
 from .core.intensity import SKIN_PROFILE_MM, distribution_distance
 from .core.noise import local_noise_sd
 from .core.registration import WORKING_RESOLUTION_MM, register_template
@@ -82,19 +82,22 @@ def register_image(
 
 @dataclass(frozen=True)
 class MaskFiles:
-    """What the mask step hands the replace step (uncompressed NIfTI in the work folder).
+    """What the mask step hands the replace step: NumPy files in the work folder, in the
+    C order the steps compute in (a NIfTI file is in Fortran order: transposed as it was
+    written and again as it was read, 0.1-0.15 s each at 1 mm).
 
     Attributes
     ----------
     labels : str
-        (I, J, K) uint8 refacing labels on the image grid, protected region included
-        (see :mod:`refacebids.core.warp`).
+        ``.npy``: (I, J, K) uint8 refacing labels on the image grid, protected region
+        included (see :mod:`refacebids.core.warp`).
     coords : str
-        (i, j, k, 4) float32 on the 2 mm working grid: template coordinates (mm) and
-        the labels.
+        ``.npz``: ``packed``, (i, j, k, 4) float32 on the 2 mm working grid (template
+        coordinates (mm) and the labels), and the grid's (4, 4) ``affine``.
     skin : str
-        (I, J, K) float32 signed depth (mm) of the image's own head mask (its skin):
-        negative inside, positive outside, never 0 (see ``surface.signed_depth``).
+        ``.npy``: (I, J, K) float32 signed depth (mm) of the image's own head mask (its
+        skin) on the image grid: negative inside, positive outside, never 0 (see
+        ``surface.signed_depth``).
     placement : str
         JSON: ``head_affine``, the (4, 4) image-world to template-world affine that
         places the replacement (:func:`head_placement`), and ``skin_level``, the
@@ -123,13 +126,13 @@ def compute_masks(
     out_dir = Path(out_dir)
     head = modalities.load(in_file, modality, frame_durations)
     shape = head.raw.shape[:3]
-    masks = MaskFiles(*(str(out_dir / name) for name in ("labels.nii", "coords.nii", "skin.nii", "placement.json")))
+    masks = MaskFiles(*(str(out_dir / name) for name in ("labels.npy", "coords.npz", "skin.npy", "placement.json")))
 
     def image_skin() -> tuple[np.ndarray, float]:
         reference = head.reference()
         level = modalities.skin_level(reference, modality)
         skin = head_mask(reference, head.zooms, level)
-        nib.Nifti1Image(signed_depth(skin, head.zooms), head.affine).to_filename(masks.skin)
+        np.save(masks.skin, signed_depth(skin, head.zooms))
         return ~ndi.binary_dilation(skin), level  # outside the head, one voxel clear of the skin's partial volume
 
     def template_labels() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -142,7 +145,7 @@ def compute_masks(
         coarse_labels = warp.with_placed_face(
             coarse_labels, warp.placed_labels(coarse_shape, coarse_affine, template, placement))
         packed = np.concatenate([coords, coarse_labels[..., None].astype(np.float32)], axis=-1)
-        nib.Nifti1Image(packed, coarse_affine).to_filename(masks.coords)
+        np.savez(masks.coords, packed=packed, affine=coarse_affine)
         placed = warp.placed_labels(shape, head.affine, template, placement)
         return (*warp.labels_on_grid(coords, coarse_affine, shape, head.affine, template, threads),
                 placement, placed)
@@ -151,7 +154,7 @@ def compute_masks(
         threads, template_labels, image_skin)
     Path(masks.placement).write_text(json.dumps({"head_affine": placement.tolist(), "skin_level": skin_level}))
     labels = warp.with_placed_face(warp.protect(labels, brain_distance, outside_head), placed)
-    nib.Nifti1Image(labels, head.affine).to_filename(masks.labels)
+    np.save(masks.labels, labels)
     return masks
 
 
@@ -186,25 +189,23 @@ def replace_face(
     """
     out_dir = Path(out_dir)
     template = modalities.replacement_template(template, modality, out_dir)
-    coords_img = nib.load(masks.coords)
 
     def image():
         head = modalities.load(in_file, modality, frame_durations)
         values = head.scaled()
         return head, values, values if values.ndim == 3 else head.reference()
 
-    (head, values, reference), labels, packed, skin_depth = in_parallel(
-        threads,
-        image,
-        lambda: c_ordered(np.asanyarray(nib.load(masks.labels).dataobj)),
-        lambda: np.ascontiguousarray(coords_img.dataobj, np.float32),
-        lambda: c_ordered(np.asanyarray(nib.load(masks.skin).dataobj)),
+    def working_grid_coordinates():
+        with np.load(masks.coords) as grid:  # each read of a key reads the file
+            return grid["packed"], grid["affine"]
+
+    (head, values, reference), labels, (packed, coarse_affine), skin_depth = in_parallel(
+        threads, image, partial(np.load, masks.labels), working_grid_coordinates, partial(np.load, masks.skin),
     )
     zooms = head.zooms
     coords, coarse_labels = packed[..., :3], np.rint(packed[..., 3]).astype(np.uint8)
     tpl = template_data(template)
     tpl_head_level = tpl.head_level
-    coarse_affine = coords_img.affine
     placement = json.loads(Path(masks.placement).read_text())
     threshold = placement["skin_level"]
     tissue_labels = warp.is_label(labels, warp.TISSUE_LABELS)

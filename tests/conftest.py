@@ -89,7 +89,7 @@ def engine_outcome(in_file, result: dict, work: Path) -> dict:
     return {
         "in": nib.load(in_file), "out": nib.load(result["out_file"]),
         "replaced": np.asanyarray(nib.load(result["mask_file"]).dataobj) > 0,
-        "labels": np.asanyarray(nib.load(result["masks"].labels).dataobj),
+        "labels": np.load(result["masks"].labels),
         "registration": result["registration"], "metrics": result["metrics"],
     }
 

@@ -308,8 +308,8 @@ def test_odd_input_refaced_with_the_guarantees(run, name):
     after = nib.load(folder / f"{stem}_desc-refaced_T1w.nii.gz")
     replaced = np.asanyarray(nib.load(folder / f"{stem}_mod-T1w_defacemask.nii.gz").dataobj) > 0
     labels_file = next(run["work"].glob(
-        f"refacebids_wf/image_sub_{case.subject}_T1w_anat_wf/reface_wf/mask/labels.nii"))
-    protected = np.asanyarray(nib.load(labels_file).dataobj) == PROTECTED
+        f"refacebids_wf/image_sub_{case.subject}_T1w_anat_wf/reface_wf/mask/labels.npy"))
+    protected = np.load(labels_file) == PROTECTED
 
     # Header: geometry, codes, dtype and scaling kept; free text and extensions gone.
     assert after.shape == before.shape

@@ -106,7 +106,7 @@ def test_refacing_keeps_everything_but_the_replaced_voxels(registered, variant):
 
         # Voxels: stored bits equal outside the replaced region; protected untouched.
         replaced = np.asanyarray(nib.load(mask_file).dataobj) > 0
-        protected = np.asanyarray(nib.load(masks.labels).dataobj) == PROTECTED
+        protected = np.load(masks.labels) == PROTECTED
         raw_before = np.asanyarray(before.dataobj.get_unscaled())
         raw_after = np.asanyarray(after.dataobj.get_unscaled())
         changed = _bits(raw_before) != _bits(raw_after)

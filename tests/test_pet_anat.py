@@ -326,12 +326,10 @@ def test_pet_registered_through_the_session_t1w(tmp_path):
 
         # The face as the T1w's own registration found it, carried by the known motion: the
         # same region for both runs, independent of how the PET was registered.
-        t1w_labels = np.asanyarray(nib.load(next(work.glob(
-            "**/image_sub_01_ses_1_T1w_anat_wf/reface_wf/mask/labels.nii*"))).dataobj)
+        t1w_labels = np.load(next(work.glob("**/image_sub_01_ses_1_T1w_anat_wf/reface_wf/mask/labels.npy")))
         face = session["to_pet"](t1w_labels == FACE)
         # And the face cut: the PET's labels against the T1w's, carried by the known motion.
-        pet_labels = np.asanyarray(nib.load(next(work.glob(
-            "**/image_sub_01_ses_1_trc_FDG_pet_pet_wf/reface_wf/mask/labels.nii*"))).dataobj)
+        pet_labels = np.load(next(work.glob("**/image_sub_01_ses_1_trc_FDG_pet_pet_wf/reface_wf/mask/labels.npy")))
         t1w_cut = session["to_pet"](np.isin(t1w_labels, TISSUE_LABELS))
         pet_cut = np.isin(pet_labels, TISSUE_LABELS)
         cut_dice[pet_anat] = 2 * np.sum(t1w_cut & pet_cut) / (t1w_cut.sum() + pet_cut.sum())

@@ -136,9 +136,9 @@ class _MasksInputSpec(BaseInterfaceInputSpec):
 
 
 class _MasksOutputSpec(TraitedSpec):
-    labels_file = File(exists=True, desc="refacing labels and protected region, image grid")
+    labels_file = File(exists=True, desc="refacing labels and protected region, image grid (.npy)")
     coords_file = File(exists=True, desc="template coordinates on the 2 mm working grid")
-    skin_file = File(exists=True, desc="signed distance (mm) to the image's skin, image grid")
+    skin_file = File(exists=True, desc="signed distance (mm) to the image's skin, image grid (.npy)")
     placement_file = File(exists=True, desc="image -> template affine placing the new face (JSON)")
 
 

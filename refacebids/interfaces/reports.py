@@ -26,7 +26,7 @@ class _ReportletsInputSpec(BaseInterfaceInputSpec):
     in_file = File(exists=True, mandatory=True, desc="original image")
     out_file = File(exists=True, mandatory=True, desc="refaced image")
     mask_file = File(exists=True, mandatory=True, desc="replaced voxels")
-    labels_file = File(exists=True, mandatory=True, desc="labels with the protected region")
+    labels_file = File(exists=True, mandatory=True, desc="labels with the protected region (.npy)")
     num_threads = traits.Int(1, usedefault=True, nohash=True, desc="slices and renders at once")
 
 
@@ -48,7 +48,7 @@ class FaceReportlets(SimpleInterface):
             lambda: load_head_image(self.inputs.in_file),
             lambda: load_head_image(self.inputs.out_file),
             lambda: np.asanyarray(nib.load(self.inputs.mask_file).dataobj) > 0,
-            lambda: np.asanyarray(nib.load(self.inputs.labels_file).dataobj),
+            lambda: np.load(self.inputs.labels_file),
         )
         protected = labels == PROTECTED
         slices = os.path.join(runtime.cwd, "slices.png")
