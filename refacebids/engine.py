@@ -171,12 +171,15 @@ def _mapped_grid(grid_coordinates: str | None, shape: tuple, affine: np.ndarray)
 
 def replace_face(
     in_file, template, masks: MaskFiles, out_dir, *, seed: int = 42, modality: str = "T1w",
-    frame_durations=None, threads: int = 1,
+    frame_durations=None, threads: int = 1, values_file=None,
 ) -> tuple[str, str, dict]:
     """Replace face, ears, teeth and wrapped face parts; never touch the protected region.
 
     With ``threads`` > 1 the independent parts (where the new face comes from, what the
     image's contrast is, the seam; writing and measuring the result) run at the same time.
+    With ``values_file``, the refaced image's stored values are also saved there (``.npy``,
+    each volume in C order; its header is the input's), for a step that reads them whole
+    without decompressing ``out_file``.
 
     Returns
     -------
@@ -292,13 +295,15 @@ def replace_face(
     expected_face_mm3 = tpl.face_mm3 / abs(np.linalg.det(head_affine[:3, :3]))
     # Measured on the stored values written out (the header's scaling, as a reader sees them).
     refaced = dataclasses.replace(head, raw=raw_out)
-    quality, *_, changes = in_parallel(
+    writes = [lambda: write_like(raw_out, head, out_file), lambda: mask_img.to_filename(mask_file)]
+    if values_file is not None:
+        writes.append(lambda: np.save(values_file, raw_out))
+    quality, changes, *_ = in_parallel(
         threads,
         lambda: _quality(head, reference, refaced, labels, replaced, tpl_registered, tpl_head_level,
                          threshold, expected_face_mm3),
-        lambda: write_like(raw_out, head, out_file),
-        lambda: mask_img.to_filename(mask_file),
         lambda: _changes(head, refaced, labels, replaced),
+        *writes,
     )
     metrics = {**changes, **quality, "noise": noise_models}
     metrics["warnings"] = quality_warnings(metrics) + header_warnings(head)

@@ -182,6 +182,8 @@ class _ReplaceInputSpec(BaseInterfaceInputSpec):
 
 class _ReplaceOutputSpec(TraitedSpec):
     out_file = File(exists=True, desc="refaced image")
+    values_file = File(exists=True, desc="the refaced image's stored values (.npy, C order; the "
+                       "input's header), for the report to read without decompressing out_file")
     mask_file = File(exists=True, desc="replaced voxels (uint8 mask)")
     metrics_file = File(exists=True, desc="quality numbers and registration record (JSON)")
 
@@ -205,6 +207,7 @@ class ReplaceFace(SimpleInterface):
             modality=self.inputs.modality,
             frame_durations=self.inputs.frame_durations or None,
             threads=self.inputs.num_threads,
+            values_file=os.path.join(runtime.cwd, "refaced.npy"),
         )
         with open(self.inputs.registration) as handle:
             registration = json.load(handle)
@@ -227,5 +230,6 @@ class ReplaceFace(SimpleInterface):
         metrics_file = os.path.join(runtime.cwd, "metrics.json")
         with open(metrics_file, "w") as handle:
             json.dump(metrics, handle, indent=2)
-        self._results.update(out_file=out_file, mask_file=mask_file, metrics_file=metrics_file)
+        self._results.update(out_file=out_file, mask_file=mask_file, metrics_file=metrics_file,
+                             values_file=os.path.join(runtime.cwd, "refaced.npy"))
         return runtime

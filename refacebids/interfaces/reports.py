@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 
 import nibabel as nib
@@ -24,7 +25,8 @@ from ..utils.threads import in_parallel
 
 class _ReportletsInputSpec(BaseInterfaceInputSpec):
     in_file = File(exists=True, mandatory=True, desc="original image")
-    out_file = File(exists=True, mandatory=True, desc="refaced image")
+    values_file = File(exists=True, mandatory=True,
+                       desc="the refaced image's stored values (.npy; in_file's header)")
     mask_file = File(exists=True, mandatory=True, desc="replaced voxels")
     labels_file = File(exists=True, mandatory=True, desc="labels with the protected region (.npy)")
     num_threads = traits.Int(1, usedefault=True, nohash=True, desc="slices and renders at once")
@@ -43,13 +45,14 @@ class FaceReportlets(SimpleInterface):
     def _run_interface(self, runtime):
         reuse_freed_memory()
         threads = self.inputs.num_threads
-        before, after, replaced, labels = in_parallel(
+        before, refaced_raw, replaced, labels = in_parallel(
             threads,
             lambda: load_head_image(self.inputs.in_file),
-            lambda: load_head_image(self.inputs.out_file),
+            lambda: np.load(self.inputs.values_file),
             lambda: np.asanyarray(nib.load(self.inputs.mask_file).dataobj) > 0,
             lambda: np.load(self.inputs.labels_file),
         )
+        after = dataclasses.replace(before, raw=refaced_raw)
         protected = labels == PROTECTED
         slices = os.path.join(runtime.cwd, "slices.png")
         renders = os.path.join(runtime.cwd, "renders.png")

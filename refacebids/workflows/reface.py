@@ -119,7 +119,7 @@ def init_reface_wf(
                          ("skin_file", "skin_file"), ("placement_file", "placement_file")]),
         (register, report, [("image_file", "in_file")]),
         (mask, report, [("labels_file", "labels_file")]),
-        (replace, report, [("out_file", "out_file"), ("mask_file", "mask_file")]),
+        (replace, report, [("values_file", "values_file"), ("mask_file", "mask_file")]),
         (replace, outputnode, [
             ("out_file", "out_file"),
             ("mask_file", "mask_file"),
