@@ -245,6 +245,22 @@ def replace_face(
         air &= reference < threshold
         return tpl_registered, training, sample_at(tpl.t1w, tpl.affine, points, tpl.air), air
 
+    # The face's own roughness (noise and fine texture), a statistic of the region, not a shape.
+    face_tissue = tissue_labels & (reference > threshold)
+    volumes = values[..., None] if values.ndim == 3 else values
+    learn_contrast = modalities.contrast_function(modality, threads)
+
+    def contrasts():
+        """Each volume's contrast, learned where template and image correspond and on the
+        image's own skin (how it looks outside the face); and what else needs both."""
+        tpl_registered, training, template_at_training, air = correspondence()
+        skin_distance = smooth_skin_distance(skin_depth)
+        low, high = SKIN_PROFILE_MM
+        scalp = (labels == 0) & (skin_distance >= low) & (skin_distance < high)
+        learned = [learn_contrast(volumes[..., t], training, template_at_training, scalp, skin_distance[scalp],
+                                  air, face_tissue, threshold) for t in range(volumes.shape[3])]
+        return learned, tpl_registered, skin_distance
+
     def replacement():
         replaced = region.result()
         face_skin = _face_skin(skin_depth < 0, labels, replaced)
@@ -253,34 +269,29 @@ def replace_face(
             threads,
         )
 
-    # In this order no thread waits long: the correspondence runs while the region is found.
-    replaced, (tpl_registered, training, template_at_training, air), \
-        (template_at_voxels, new_skin_distance, template_skin_distance, skin_offset), skin_distance, seam = in_parallel(
+    # In this order no thread waits long: the contrast is learned while the region is
+    # found and the new face sampled.
+    replaced, (learned, tpl_registered, skin_distance), \
+        (template_at_voxels, new_skin_distance, template_skin_distance, skin_offset), seam = in_parallel(
             threads,
             replaced_voxels,
-            correspondence,
+            contrasts,
             replacement,
-            lambda: smooth_skin_distance(skin_depth),
             lambda: seam_weights(region.result(), zooms),
         )
-    # The image's own skin: how it looks outside the face, and where it was. In front of
-    # it (air before) the new face is subcutaneous tissue, never template anatomy that a
-    # head-affine placement may put there (a template brow in front of a flat forehead).
-    low, high = SKIN_PROFILE_MM
-    scalp = (labels == 0) & (skin_distance >= low) & (skin_distance < high)
+    # Where the image's own skin was: in front of it (air before) the new face is
+    # subcutaneous tissue, never template anatomy that a head-affine placement may put
+    # there (a template brow in front of a flat forehead).
     padding = (template_skin_distance > -SKIN_DEPTH_MM) | (skin_distance[replaced] > 0)
-    # The face's own roughness (noise and fine texture), a statistic of the region, not a shape.
-    face_tissue = tissue_labels & (reference > threshold)
 
-    volumes = values[..., None] if values.ndim == 3 else values
     raw_out = head.raw.copy(order="K")  # each volume stays C-ordered
     raw_volumes = raw_out[..., None] if raw_out.ndim == 3 else raw_out
     noise_models = []
     reface = modalities.reface_function(modality, zooms, tpl.air, tpl.subcutaneous, threads)
     for t in range(volumes.shape[3]):
         new_values, noise = reface(
-            volumes[..., t], template_at_voxels, new_skin_distance, padding, replaced, training,
-            template_at_training, scalp, skin_distance[scalp], air, face_tissue, seam, threshold, rng,
+            learned[t], volumes[..., t], template_at_voxels, new_skin_distance, padding, replaced, face_tissue,
+            seam, threshold, rng,
         )
         raw_volumes[..., t][replaced] = to_raw(new_values, head)
         noise_models.append(noise.as_dict())

@@ -33,7 +33,7 @@ import numpy as np
 from .core import ct, pet
 from .core.image import HeadImage, c_ordered, load_head_image
 from .core.registration import EDGES, SCALP
-from .core.replace import reface_volume
+from .core.replace import learn_contrast, reface_volume
 from .core.surface import skin_threshold
 
 PET, CT = "pet", "ct"
@@ -90,13 +90,33 @@ def extra_replaced(reference: np.ndarray, labels: np.ndarray, affine, zooms, mod
     return np.zeros(labels.shape, bool)
 
 
-def reface_function(modality: str, zooms, template_air: float, template_subcutaneous: float, threads: int = 1):
-    """The function drawing one volume's new face, with :func:`refacebids.core.replace.reface_volume`'s arguments.
+def contrast_function(modality: str, threads: int = 1):
+    """The function learning one volume's contrast outside its face, with
+    :func:`refacebids.core.replace.learn_contrast`'s arguments; what it returns is what
+    :func:`reface_function`'s function draws with.
 
     PET and CT have no skin profile to learn (PET skin is blurred, CT skin is absolute
-    HU): they draw the raised template itself, subcutaneous tissue under the raised skin
-    and air beyond it (``template_air`` and ``template_subcutaneous``, template units).
-    MRI's drawing runs its filters on ``threads``.
+    HU), and PET air no noise floor.
+    """
+    if modality not in (PET, CT):
+        return partial(learn_contrast, threads=threads)
+
+    def learn(volume, training, template_at_training, scalp, scalp_skin_distance, air, tissue, tissue_level):
+        del scalp, scalp_skin_distance, tissue_level
+        if modality == PET:
+            return pet.learn_frame(volume, training, template_at_training, tissue)
+        return ct.learn_contrast(volume, training, template_at_training, air, tissue)
+
+    return learn
+
+
+def reface_function(modality: str, zooms, template_air: float, template_subcutaneous: float, threads: int = 1):
+    """The function drawing one volume's new face in its contrast (from
+    :func:`contrast_function`), with :func:`refacebids.core.replace.reface_volume`'s arguments.
+
+    PET and CT draw the raised template itself: subcutaneous tissue under the raised
+    skin and air beyond it (``template_air`` and ``template_subcutaneous``, template
+    units). MRI's drawing runs its filters on ``threads``.
     """
     if modality == PET:
         draw = partial(pet.reface_frame, zooms=zooms)
@@ -105,13 +125,11 @@ def reface_function(modality: str, zooms, template_air: float, template_subcutan
     else:
         return partial(reface_volume, threads=threads)
 
-    def reface(volume, template_at_voxels, new_skin_distance, padding, replaced, training,
-               template_at_training, scalp, scalp_skin_distance, air, tissue, seam,
+    def reface(contrast, volume, template_at_voxels, new_skin_distance, padding, replaced, tissue, seam,
                tissue_level, rng):
-        del scalp, scalp_skin_distance
+        del tissue, tissue_level
         raised = np.where(new_skin_distance >= 0, template_air,
                           np.where(padding, template_subcutaneous, template_at_voxels))
-        return draw(volume, raised.astype(np.float32), replaced, training, template_at_training,
-                    air, tissue, seam, tissue_level, rng)
+        return draw(contrast, volume, raised.astype(np.float32), replaced, seam, rng)
 
     return reface

@@ -24,6 +24,8 @@ real CT its settings disagreed by 2.7-6.6 mm.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from pathlib import Path
 
 import nibabel as nib
@@ -170,21 +172,41 @@ def homogeneous_soft_tissue(volume: np.ndarray, tissue: np.ndarray) -> np.ndarra
     return eroded if eroded.sum() >= 1000 else flat
 
 
+@dataclass(frozen=True)
+class CTContrast:
+    """How one CT volume looks outside its face (:func:`learn_contrast`)."""
+
+    noise: NoiseModel  # Gaussian, measured on the flat soft tissue
+    air_hu: float  # the subject's own air
+    air_sd: float  # its noise (0 where the scanner masked it)
+    intensity_map: tuple[np.ndarray, np.ndarray]  # pseudo-CT levels, the subject's HU there
+
+
+def learn_contrast(volume: np.ndarray, training: np.ndarray, template_at_training: np.ndarray,
+                   air: np.ndarray, tissue: np.ndarray) -> CTContrast:
+    """The contrast of one CT volume (HU, (I, J, K)), learned on its ``training`` voxels
+    (the pseudo-CT's values there, (M,)), its ``air`` and the face's ``tissue``
+    (arguments as for :func:`refacebids.core.replace.learn_contrast`)."""
+    air_values = volume[air]
+    return CTContrast(
+        noise=estimate_noise(volume, np.zeros_like(tissue), homogeneous_soft_tissue(volume, tissue)),
+        air_hu=float(np.median(air_values)) if air_values.size else AIR_HU,
+        air_sd=local_noise_sd(volume, air) if air_values.size >= 1000 else 0.0,
+        intensity_map=fit_intensity_map(template_at_training, volume[training]),
+    )
+
+
 def reface_volume(
+    contrast: CTContrast,
     volume: np.ndarray,
     template_at_voxels: np.ndarray,
     replaced: np.ndarray,
-    training: np.ndarray,
-    template_at_training: np.ndarray,
-    air: np.ndarray,
-    tissue: np.ndarray,
     seam: np.ndarray,
-    tissue_level: float,
     rng: np.random.Generator,
 ) -> tuple[np.ndarray, NoiseModel]:
-    """New HU for the replaced voxels of a CT volume.
+    """New HU for the replaced voxels of a CT volume, in its ``contrast``.
 
-    Same arguments and returns as :func:`refacebids.core.replace.reface_volume`. The
+    Arguments and returns as for :func:`refacebids.core.replace.reface_volume`. The
     pseudo-CT template is mapped to the subject's HU by the lookup table learned on
     its kept scalp, skull, neck and air. The noise is Gaussian (CT noise is additive; a
     magnitude model would turn air's -1000 HU positive), with the SD and correlation of
@@ -192,12 +214,7 @@ def reface_volume(
     the scanner masked it) where the new face is air. Values stay within the volume's
     own HU range.
     """
-    del tissue_level  # CT levels are absolute: air is 500 HU below any tissue
-    model = estimate_noise(volume, np.zeros_like(tissue), homogeneous_soft_tissue(volume, tissue))
-    air_values = volume[air]
-    air_hu = float(np.median(air_values)) if air_values.size else AIR_HU
-    air_sd = local_noise_sd(volume, air) if air_values.size >= 1000 else 0.0
-    levels, mapped = fit_intensity_map(template_at_training, volume[training])
+    model, air_hu, air_sd = contrast.noise, contrast.air_hu, contrast.air_sd
     box = bounding_box(replaced, margin=0)
     signal = np.zeros(volume[box].shape, np.float32)
     # The pseudo-CT is in HU: where it is air, the new face is the subject's own air,
@@ -205,7 +222,7 @@ def reface_volume(
     # too little air around it to learn from).
     template_hu = template_at_voxels - TEMPLATE_OFFSET_HU
     air_weight = np.clip((AIR_EDGE_HU - template_hu) / (AIR_EDGE_HU - AIR_HU), 0.0, 1.0)
-    mapped_values = apply_intensity_map(template_at_voxels, levels, mapped)
+    mapped_values = apply_intensity_map(template_at_voxels, *contrast.intensity_map)
     signal[replaced[box]] = air_weight * air_hu + (1.0 - air_weight) * mapped_values
     noise = correlated_noise(signal.shape, model, rng)
     noise /= max(local_noise_sd(noise), 1e-6)

@@ -14,6 +14,8 @@ scalp and neck, with the spatial correlation the reconstruction gave it.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 from scipy import ndimage as ndi
 
@@ -108,46 +110,59 @@ def noise_per_sqrt_activity(volume: np.ndarray, region: np.ndarray) -> float:
     return float(np.nan_to_num(local_noise_sd(stabilised, region[box])))
 
 
+@dataclass(frozen=True)
+class FrameContrast:
+    """How one PET frame looks outside its face (:func:`learn_frame`)."""
+
+    noise: NoiseModel  # Gaussian, measured on the frame's flattest kept tissue
+    intensity_map: tuple[np.ndarray, np.ndarray]  # template levels, the frame's activity there
+    per_sqrt_count: float  # noise SD per square root of the activity
+
+
+def learn_frame(volume: np.ndarray, training: np.ndarray, template_at_training: np.ndarray,
+                tissue: np.ndarray) -> FrameContrast:
+    """The contrast of one PET frame (scaled activity, (I, J, K)), learned on its
+    ``training`` voxels (the template's values there, (M,)) and the face's ``tissue``
+    (arguments as for :func:`refacebids.core.replace.learn_contrast`)."""
+    flat = flat_tissue(volume, tissue)
+    return FrameContrast(
+        noise=estimate_noise(volume, np.zeros_like(tissue), flat),  # PET air holds no noise floor
+        intensity_map=fit_intensity_map(template_at_training, volume[training]),
+        per_sqrt_count=noise_per_sqrt_activity(volume, flat),
+    )
+
+
 def reface_frame(
+    contrast: FrameContrast,
     volume: np.ndarray,
     template_at_voxels: np.ndarray,
     replaced: np.ndarray,
-    training: np.ndarray,
-    template_at_training: np.ndarray,
-    air: np.ndarray,
-    tissue: np.ndarray,
     seam: np.ndarray,
-    tissue_level: float,
     rng: np.random.Generator,
     *,
     zooms,
 ) -> tuple[np.ndarray, NoiseModel]:
-    """New activity for the replaced voxels of one PET frame.
+    """New activity for the replaced voxels of one PET frame, in its ``contrast``.
 
-    Same arguments and returns as :func:`refacebids.core.replace.reface_volume`, plus
+    Arguments and returns as for :func:`refacebids.core.replace.reface_volume`, plus
     the voxel size ``zooms`` (mm). The frame's own uptake levels come from the lookup
     table learned on it; the drawn face is blurred to ``RESOLUTION_FWHM_MM``; its noise
     is Gaussian with SD ``c * sqrt(signal)`` (``c`` from the frame's flattest kept
     tissue), never negative when the frame has no negative values.
     """
-    del air, tissue_level  # PET air holds no noise floor to measure
-    flat = flat_tissue(volume, tissue)
-    model = estimate_noise(volume, np.zeros_like(tissue), flat)  # Gaussian, from tissue
-    levels, mapped = fit_intensity_map(template_at_training, volume[training])
-    per_sqrt_count = noise_per_sqrt_activity(volume, flat)
     box = bounding_box(replaced, margin=0)
     # The drawn face is blurred to PET resolution on a canvas of the frame itself, so its
     # skin is as soft as the subject's and its edge meets the kept tissue smoothly.
     signal = volume[box].astype(np.float32)
-    signal[replaced[box]] = apply_intensity_map(template_at_voxels, levels, mapped)
+    signal[replaced[box]] = apply_intensity_map(template_at_voxels, *contrast.intensity_map)
     sigma_voxels = RESOLUTION_FWHM_MM / FWHM_PER_SIGMA / np.asarray(zooms, float)
     signal = ndi.gaussian_filter(signal, sigma_voxels)
-    noise = correlated_noise(signal.shape, model, rng)
+    noise = correlated_noise(signal.shape, contrast.noise, rng)
     # The drawn noise is measured as the image's was, so the two compare like for like.
     noise /= max(local_noise_sd(noise), 1e-6)
-    noisy = signal + per_sqrt_count * np.sqrt(np.maximum(signal, 0.0)) * noise
+    noisy = signal + contrast.per_sqrt_count * np.sqrt(np.maximum(signal, 0.0)) * noise
     noisy = noisy[replaced[box]]
     if volume.min() >= 0:
         noisy = np.maximum(noisy, 0.0)
     values = seam * noisy + (1.0 - seam) * volume[replaced]
-    return values.astype(np.float32), model
+    return values.astype(np.float32), contrast.noise

@@ -259,37 +259,36 @@ def wrap_signal(volume: np.ndarray, wrap_band: np.ndarray, threshold: float, zoo
     return signal
 
 
-def reface_volume(
+@dataclasses.dataclass(frozen=True)
+class Contrast:
+    """How one volume looks outside its face: what its new face is drawn with
+    (:func:`learn_contrast`)."""
+
+    noise: NoiseModel
+    intensity_map: tuple[np.ndarray, np.ndarray]  # template levels, the image's values there
+    skin_profile: tuple[np.ndarray, np.ndarray]  # distances to the skin (mm), the values there
+    face_level: float  # the face's typical tissue value
+    spread: float  # how widely the face's values vary, noise included
+    dark: float  # what the face's edges meet where it is rougher than spread; NaN otherwise
+
+
+def learn_contrast(
     volume: np.ndarray,
-    template_at_voxels: np.ndarray,
-    new_skin_distance: np.ndarray,
-    padding: np.ndarray,
-    replaced: np.ndarray,
     training: np.ndarray,
     template_at_training: np.ndarray,
     scalp: np.ndarray,
     scalp_skin_distance: np.ndarray,
     air: np.ndarray,
     tissue: np.ndarray,
-    seam: np.ndarray,
     tissue_level: float,
-    rng: np.random.Generator,
     threads: int = 1,
-) -> tuple[np.ndarray, NoiseModel]:
-    """New values for the replaced voxels of one volume.
+) -> Contrast:
+    """The contrast of one volume, learned outside the face.
 
     Parameters
     ----------
     volume : (I, J, K) ndarray
         Scaled intensities of the volume.
-    template_at_voxels : (N,) ndarray
-        Template intensity to draw at each of the N replaced voxels.
-    new_skin_distance : (N,) ndarray
-        Signed distance (mm, negative inside) of each replaced voxel to the new skin.
-    padding : (N,) bool ndarray
-        Voxels between the template's own skin and the raised one: subcutaneous tissue.
-    replaced : (I, J, K) bool ndarray
-        The N replaced voxels.
     training : (I, J, K) bool ndarray
         Voxels outside the face where template and image tissue correspond (M voxels).
     template_at_training : (M,) ndarray
@@ -301,15 +300,72 @@ def reface_volume(
     air, tissue : (I, J, K) bool ndarray
         Regions to measure the noise in (see ``estimate_noise``); ``tissue``, the face
         before refacing, also gives the typical value that fills the raised face and,
-        where it is rougher than its values are spread, what its edges meet and how long
-        its runs are (the dark patches of the new face).
+        where it is rougher than its values are spread, what its edges meet (the dark
+        patches of the new face).
+    tissue_level : float
+        Intensity from which a value counts as tissue (the skin threshold).
+    threads : int
+        Threads of the noise measurement.
+    """
+    noise = estimate_noise(volume, air, tissue, threads)
+    face_values = volume[tissue]
+    spread = value_spread(face_values)
+    # Noise spreads a tissue's values as widely as it makes the tissue rough: a face
+    # rougher than its values are spread owes the rest to its tissue's edges against
+    # darker tissue (in a FLAIR, fat in layers and lobules among skin and muscle as dark
+    # as the air). That roughness is drawn as edges (see ``reface_volume``), against
+    # what the face's edges meet.
+    rougher_than_spread = noise.tissue_roughness > spread
+    return Contrast(
+        noise=noise,
+        intensity_map=fit_intensity_map(template_at_training, volume[training], noise_floor=noise.floor),
+        skin_profile=fit_skin_profile(volume[scalp], scalp_skin_distance, noise_floor=noise.floor),
+        face_level=typical_level(face_values, noise_floor=noise.floor),
+        spread=spread,
+        dark=(bordering_level(volume, tissue, tissue_level, noise_floor=noise.floor) if rougher_than_spread
+              else np.nan),
+    )
+
+
+def reface_volume(
+    contrast: Contrast,
+    volume: np.ndarray,
+    template_at_voxels: np.ndarray,
+    new_skin_distance: np.ndarray,
+    padding: np.ndarray,
+    replaced: np.ndarray,
+    tissue: np.ndarray,
+    seam: np.ndarray,
+    tissue_level: float,
+    rng: np.random.Generator,
+    threads: int = 1,
+) -> tuple[np.ndarray, NoiseModel]:
+    """New values for the replaced voxels of one volume, in its ``contrast``.
+
+    Parameters
+    ----------
+    contrast : Contrast
+        The volume's, from :func:`learn_contrast`.
+    volume : (I, J, K) ndarray
+        Scaled intensities of the volume.
+    template_at_voxels : (N,) ndarray
+        Template intensity to draw at each of the N replaced voxels.
+    new_skin_distance : (N,) ndarray
+        Signed distance (mm, negative inside) of each replaced voxel to the new skin.
+    padding : (N,) bool ndarray
+        Voxels between the template's own skin and the raised one: subcutaneous tissue.
+    replaced : (I, J, K) bool ndarray
+        The N replaced voxels.
+    tissue : (I, J, K) bool ndarray
+        The face before refacing: how long its runs are (the dark patches of the new
+        face), and where the new face's roughness is matched to the old.
     seam : (N,) ndarray
         Weight of the new value (feathering at the edge).
     tissue_level : float
         Intensity from which the drawn signal counts as tissue (the skin threshold).
     rng : numpy.random.Generator
     threads : int
-        Threads of the noise measurement, the softening and the noise.
+        Threads of the softening and the noise.
 
     Returns
     -------
@@ -317,15 +373,13 @@ def reface_volume(
         Scaled intensities for the replaced voxels.
     noise : NoiseModel
     """
-    noise = estimate_noise(volume, air, tissue, threads)
-    levels, mapped = fit_intensity_map(template_at_training, volume[training], noise_floor=noise.floor)
+    noise, face_level, spread, dark = contrast.noise, contrast.face_level, contrast.spread, contrast.dark
     box = bounding_box(replaced, margin=0)
     in_box = replaced[box]
     signal = np.zeros(in_box.shape, np.float32)
-    distances, profile = fit_skin_profile(volume[scalp], scalp_skin_distance, noise_floor=noise.floor)
+    distances, profile = contrast.skin_profile
     near_skin = skin_profile_weight(new_skin_distance)
-    face_level = typical_level(volume[tissue], noise_floor=noise.floor)
-    beneath = np.where(padding, face_level, apply_intensity_map(template_at_voxels, levels, mapped))
+    beneath = np.where(padding, face_level, apply_intensity_map(template_at_voxels, *contrast.intensity_map))
     signal[in_box] = near_skin * np.interp(new_skin_distance, distances, profile) + (1.0 - near_skin) * beneath
     # The tissue's roughness is texture as much as noise; within a few millimetres of
     # the new skin only the scanner's noise applies, or the skin would turn lumpy.
@@ -335,17 +389,11 @@ def reface_volume(
     )
     # The drawn anatomy has some roughness of its own, at places more than the face had.
     drawn = soften_structure(signal, in_box, noise.tissue_roughness, roughness, threads)
-    # Noise spreads a tissue's values as widely as it makes the tissue rough: a face
-    # rougher than its values are spread owes the rest to its tissue's edges against
-    # darker tissue (in a FLAIR, fat in layers and lobules among skin and muscle as dark
-    # as the air). As noise, that roughness would spread the new face's values far wider
-    # than the old face's; it is drawn as edges instead: beneath the new skin's profile,
-    # patches of what the face's edges meet, between bright runs as long as the face's
-    # own, and as many as give the face's roughness. The noise then spreads the values
-    # as widely as the face's are spread.
-    spread = value_spread(volume[tissue])
-    rougher_than_spread = noise.tissue_roughness > spread
-    dark = bordering_level(volume, tissue, tissue_level, noise_floor=noise.floor) if rougher_than_spread else np.nan
+    # A face rougher than its values are spread (``dark`` found): as noise, its roughness
+    # would spread the new face's values far wider than the old face's; it is drawn as
+    # edges instead: beneath the new skin's profile, patches of what the face's edges
+    # meet, between bright runs as long as the face's own, and as many as give the face's
+    # roughness. The noise then spreads the values as widely as the face's are spread.
     if np.isfinite(dark):
         runs = mean_run_length(tissue)
         anatomy_rng = np.random.default_rng(PATCH_SEED)
