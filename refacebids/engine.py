@@ -177,9 +177,9 @@ def replace_face(
 
     With ``threads`` > 1 the independent parts (where the new face comes from, what the
     image's contrast is, the seam; writing and measuring the result) run at the same time.
-    With ``values_file``, the refaced image's stored values are also saved there (``.npy``,
-    each volume in C order; its header is the input's), for a step that reads them whole
-    without decompressing ``out_file``.
+    With ``values_file``, the refaced image's stored values are also saved there (``.npy``
+    in C order; its header is the input's), for a step that reads them whole without
+    decompressing ``out_file``.
 
     Returns
     -------
