@@ -137,7 +137,7 @@ class _MasksInputSpec(BaseInterfaceInputSpec):
 
 class _MasksOutputSpec(TraitedSpec):
     labels_file = File(exists=True, desc="refacing labels and protected region, image grid (.npy)")
-    coords_file = File(exists=True, desc="template coordinates on the 2 mm working grid")
+    coords_file = File(exists=True, desc="template coordinates on the 2 mm working grid (.npz)")
     skin_file = File(exists=True, desc="signed distance (mm) to the image's skin, image grid (.npy)")
     placement_file = File(exists=True, desc="image -> template affine placing the new face (JSON)")
 
@@ -197,6 +197,7 @@ class ReplaceFace(SimpleInterface):
     def _run_interface(self, runtime):
         _set_up_node_process(self.inputs.num_threads)
         template = load_template(self.inputs.template)
+        values_file = os.path.join(runtime.cwd, "refaced.npy")
         out_file, mask_file, metrics = engine.replace_face(
             self.inputs.in_file,
             template,
@@ -207,7 +208,7 @@ class ReplaceFace(SimpleInterface):
             modality=self.inputs.modality,
             frame_durations=self.inputs.frame_durations or None,
             threads=self.inputs.num_threads,
-            values_file=os.path.join(runtime.cwd, "refaced.npy"),
+            values_file=values_file,
         )
         with open(self.inputs.registration) as handle:
             registration = json.load(handle)
@@ -231,5 +232,5 @@ class ReplaceFace(SimpleInterface):
         with open(metrics_file, "w") as handle:
             json.dump(metrics, handle, indent=2)
         self._results.update(out_file=out_file, mask_file=mask_file, metrics_file=metrics_file,
-                             values_file=os.path.join(runtime.cwd, "refaced.npy"))
+                             values_file=values_file)
         return runtime
